@@ -1,0 +1,45 @@
+# ember — see README.md. `make run` and `make test` install what is missing.
+GO      ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+EMBER   := bin/ember
+TESTFLAGS ?=
+
+.PHONY: all build deps images run test unit e2e fuzz lint bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/ember ./cmd/ember
+	CGO_ENABLED=0 $(GO) build -o bin/ember-init ./guest/init
+
+# Host packages: apt-get download/dpkg for kernels, QEMU for --accel nested
+# on hosts whose /dev/kvm is missing or unusable.
+deps:
+	@./.ci/deps
+
+images: build deps
+	$(EMBER) images fetch
+
+run: images
+	$(EMBER) run
+
+# Unit tests and fuzz seed corpora, then end-to-end tests that boot real
+# kernels (on /dev/kvm, or inside one nested L1 guest for the whole suite).
+test: images unit e2e
+
+unit:
+	$(GO) vet ./...
+	$(GO) test $(TESTFLAGS) ./boot/... ./configs/... ./devices/... ./guest/... ./images/... ./vmm/... ./cmd/...
+
+e2e: build
+	$(GO) test $(TESTFLAGS) -count=1 -timeout 30m -v ./tests/
+
+fuzz:
+	./.ci/fuzz 30s
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./tests/
+
+clean:
+	rm -rf bin

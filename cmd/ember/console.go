@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+	"io"
+)
+
+func withCancel(ctx context.Context) (context.Context, func()) { return context.WithCancel(ctx) }
+
+// escapeReader passes terminal input through and ends the session on
+// Ctrl-A x, as QEMU does; Ctrl-A Ctrl-A sends one Ctrl-A.
+type escapeReader struct {
+	r       io.Reader
+	quit    func()
+	pending bool
+}
+
+const ctrlA = 0x01
+
+func (e *escapeReader) Read(p []byte) (int, error) {
+	for {
+		n, err := e.r.Read(p)
+		w := 0
+		for _, b := range p[:n] {
+			if e.pending {
+				e.pending = false
+				switch b {
+				case 'x', 'X':
+					e.quit()
+					return w, io.EOF
+				case ctrlA:
+					p[w] = ctrlA
+					w++
+				default:
+					// Not an escape: deliver both bytes' worth as typed.
+					p[w] = b
+					w++
+				}
+				continue
+			}
+			if b == ctrlA {
+				e.pending = true
+				continue
+			}
+			p[w] = b
+			w++
+		}
+		if w > 0 || err != nil {
+			return w, err
+		}
+	}
+}

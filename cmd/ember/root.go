@@ -1,0 +1,67 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+)
+
+type globals struct {
+	logLevel string
+	cacheDir string
+	log      *slog.Logger
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "ember",
+		Short: "Boot Linux micro-VMs on KVM in a fraction of a second",
+		Long: `ember is a micro-VM manager: it boots a Linux kernel with a small initramfs on
+KVM, runs a command or a shell in it, and exits with the command's status.
+Where /dev/kvm is missing it runs itself inside a software-emulated machine
+with nested KVM (--accel nested).`,
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+				return fmt.Errorf("--log-level %q: expected debug, info, warn or error", g.logLevel)
+			}
+			g.log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl}))
+			return nil
+		},
+	}
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
+	root.PersistentFlags().StringVar(&g.cacheDir, "cache-dir", "", "kernel and image cache (default $XDG_CACHE_HOME/ember or ~/.cache/ember)")
+	root.AddCommand(newRunCmd(g), newImagesCmd(g), newVersionCmd())
+	return root
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print ember's version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintln(cmd.OutOrStdout(), "ember", version)
+			return nil
+		},
+	}
+}
+
+// progress returns where human progress lines go: stderr, unless the
+// output is for machines.
+func progress(quiet bool) io.Writer {
+	if quiet {
+		return nil
+	}
+	return os.Stderr
+}
+
+func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }

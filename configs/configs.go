@@ -1,0 +1,297 @@
+// Package configs is ember's VM description: a TOML schema decoded
+// strictly (unknown keys are errors with file and line), an embedded
+// default, and validation that names the key and what it expects.
+package configs
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+//go:embed default.toml
+var defaultTOML []byte
+
+// VM is a whole VM description.
+type VM struct {
+	Boot    Boot    `toml:"boot"`
+	Machine Machine `toml:"machine"`
+	Run     Run     `toml:"run"`
+	// Source is the file the config came from ("default" for the built-in).
+	Source string `toml:"-"`
+}
+
+// Boot says what to boot.
+type Boot struct {
+	// Kernel is a bzImage or ELF vmlinux path, or "debian:<flavour>".
+	Kernel string `toml:"kernel"`
+	// Initrd is a path, "default" (ember's u-root image) or "none".
+	Initrd string `toml:"initrd"`
+	// Cmdline is appended to ember's own kernel command line.
+	Cmdline string `toml:"cmdline"`
+}
+
+// Machine is the virtual hardware.
+type Machine struct {
+	CPUs   int    `toml:"cpus"`
+	Memory Size   `toml:"memory"`
+	Accel  string `toml:"accel"`
+}
+
+// Run is what happens in the guest.
+type Run struct {
+	// Command runs when none is given and stdin is not a terminal.
+	Command []string `toml:"command"`
+	Env     []string `toml:"env"`
+	// Timeout stops the guest after this long; 0 means never.
+	Timeout Duration `toml:"timeout"`
+}
+
+// Flavours are the Debian kernel flavours "debian:<flavour>" accepts.
+var Flavours = []string{"cloud-amd64", "amd64"}
+
+// Limits.
+const (
+	MinMemory = 64 << 20
+	MaxMemory = 1 << 40
+	MaxCPUs   = 254
+)
+
+// Default returns the built-in config.
+func Default() *VM {
+	v, err := Parse(defaultTOML, "default")
+	if err != nil {
+		// A test decodes default.toml; reaching this is a build mistake.
+		panic("configs: built-in default.toml: " + err.Error())
+	}
+	return v
+}
+
+// Load reads path over the defaults, strictly, and validates it.
+func Load(path string) (*VM, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config %w", err)
+	}
+	v, err := Parse(b, path)
+	if err != nil {
+		return nil, err
+	}
+	return v, v.Validate()
+}
+
+// Parse decodes data (named name in messages) over the defaults.
+func Parse(data []byte, name string) (*VM, error) {
+	v := &VM{}
+	if name != "default" {
+		v = Default()
+	}
+	d := toml.NewDecoder(strings.NewReader(string(data)))
+	d.DisallowUnknownFields()
+	if err := d.Decode(v); err != nil {
+		return nil, decodeError(name, data, err)
+	}
+	v.Source = name
+	return v, nil
+}
+
+// decodeError turns go-toml's errors into "file:line: what".
+func decodeError(name string, data []byte, err error) error {
+	var sme *toml.StrictMissingError
+	if errors.As(err, &sme) && len(sme.Errors) > 0 {
+		e := sme.Errors[0]
+		row, _ := e.Position()
+		return fmt.Errorf("%s:%d: unknown key %q", name, row, strings.Join(e.Key(), "."))
+	}
+	var de *toml.DecodeError
+	if errors.As(err, &de) {
+		row, _ := de.Position()
+		msg := strings.TrimPrefix(de.Error(), "toml: ")
+		key := strings.Join(de.Key(), ".")
+		if key == "" {
+			key = keyAt(data, row)
+		}
+		if key != "" {
+			msg = key + ": " + msg
+		}
+		return fmt.Errorf("%s:%d: %s", name, row, msg)
+	}
+	return fmt.Errorf("%s: %v", name, err)
+}
+
+// keyAt names the dotted key assigned on line row (1-based), from the
+// nearest table header above it; "" when the line has no assignment.
+func keyAt(data []byte, row int) string {
+	lines := strings.Split(string(data), "\n")
+	if row < 1 || row > len(lines) {
+		return ""
+	}
+	k, _, ok := strings.Cut(lines[row-1], "=")
+	if !ok {
+		return ""
+	}
+	key := strings.Trim(strings.TrimSpace(k), `"`)
+	for i := row - 2; i >= 0; i-- {
+		l := strings.TrimSpace(lines[i])
+		if strings.HasPrefix(l, "[") && strings.HasSuffix(l, "]") {
+			return strings.Trim(l, "[] ") + "." + key
+		}
+	}
+	return key
+}
+
+// Validate checks every value; the error names the key and the expectation.
+func (v *VM) Validate() error {
+	src := v.Source
+	if src == "" {
+		src = "config"
+	}
+	bad := func(key, format string, a ...any) error {
+		return fmt.Errorf("%s: %s: %s", src, key, fmt.Sprintf(format, a...))
+	}
+	if err := checkKernel(v.Boot.Kernel); err != nil {
+		return bad("boot.kernel", "%v", err)
+	}
+	switch v.Boot.Initrd {
+	case "default", "none", "":
+	default:
+		if err := checkFile(v.Boot.Initrd); err != nil {
+			return bad("boot.initrd", "%v", err)
+		}
+	}
+	if strings.ContainsAny(v.Boot.Cmdline, "\x00\n") {
+		return bad("boot.cmdline", "must be one line")
+	}
+	if v.Machine.CPUs < 1 || v.Machine.CPUs > MaxCPUs {
+		return bad("machine.cpus", "%d is out of range (expected 1..%d)", v.Machine.CPUs, MaxCPUs)
+	}
+	if v.Machine.Memory < MinMemory || v.Machine.Memory > MaxMemory {
+		return bad("machine.memory", "%s is out of range (expected 64M..1T)", v.Machine.Memory)
+	}
+	switch v.Machine.Accel {
+	case "auto", "kvm", "nested":
+	default:
+		return bad("machine.accel", "%q (expected auto, kvm or nested)", v.Machine.Accel)
+	}
+	for _, e := range v.Run.Env {
+		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
+			return bad("run.env", "%q (expected KEY=VALUE)", e)
+		}
+	}
+	if v.Run.Timeout < 0 {
+		return bad("run.timeout", "%s must not be negative", time.Duration(v.Run.Timeout))
+	}
+	return nil
+}
+
+func checkKernel(k string) error {
+	if f, ok := strings.CutPrefix(k, "debian:"); ok {
+		for _, x := range Flavours {
+			if f == x {
+				return nil
+			}
+		}
+		return fmt.Errorf("unknown Debian flavour %q (expected debian:%s)", f, strings.Join(Flavours, " or debian:"))
+	}
+	if k == "" {
+		return errors.New("empty (expected a kernel path or debian:<flavour>)")
+	}
+	return checkFile(k)
+}
+
+func checkFile(p string) error {
+	st, err := os.Stat(p)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s: no such file", p)
+		}
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s: not a regular file", p)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// Size is a byte count written with a binary suffix: 512M, 2G.
+type Size uint64
+
+// ParseSize parses "512M", "2G", "1024K", "1T" or a plain byte count.
+func ParseSize(s string) (Size, error) {
+	t := strings.TrimSpace(s)
+	if n := len(t); n > 1 && (t[n-1] == 'i' || t[n-1] == 'I') {
+		t = t[:n-1] // "Gi" means the same as "G"
+	}
+	mult := uint64(1)
+	if n := len(t); n > 0 {
+		switch strings.ToUpper(t[n-1:]) {
+		case "K":
+			mult = 1 << 10
+		case "M":
+			mult = 1 << 20
+		case "G":
+			mult = 1 << 30
+		case "T":
+			mult = 1 << 40
+		}
+		if mult > 1 {
+			t = t[:n-1]
+		}
+	}
+	n, err := strconv.ParseUint(t, 10, 64)
+	if err != nil || n == 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is not a size (expected a number with K, M or G, e.g. 512M)", s)
+	}
+	return Size(n * mult), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (s *Size) UnmarshalText(b []byte) error {
+	v, err := ParseSize(string(b))
+	if err != nil {
+		return err
+	}
+	*s = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (s Size) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+func (s Size) String() string {
+	for _, u := range []struct {
+		shift uint
+		sfx   string
+	}{{40, "T"}, {30, "G"}, {20, "M"}, {10, "K"}} {
+		if s != 0 && uint64(s)%(1<<u.shift) == 0 {
+			return strconv.FormatUint(uint64(s)>>u.shift, 10) + u.sfx
+		}
+	}
+	return strconv.FormatUint(uint64(s), 10)
+}
+
+// Duration is a time.Duration written as a Go duration string.
+type Duration time.Duration
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (expected e.g. 30s or 5m)", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }

@@ -1,0 +1,87 @@
+package configs
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestDefaultDecodes(t *testing.T) {
+	d := Default()
+	if d.Machine.CPUs != 1 || d.Machine.Memory != 512<<20 || d.Boot.Kernel != "debian:cloud-amd64" || len(d.Run.Command) == 0 {
+		t.Fatalf("default = %+v", d)
+	}
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestExamplesLoad(t *testing.T) {
+	files, _ := filepath.Glob("examples/*.toml")
+	if len(files) < 2 {
+		t.Fatalf("examples: %v", files)
+	}
+	for _, f := range files {
+		if _, err := Load(f); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+func TestErrors(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct{ name, toml, want string }{
+		{"unknown", "[machine]\ncpus = 2\ncpu = 1\n", `:3: unknown key "machine.cpu"`},
+		{"unknown table", "[vm]\n", `:1: unknown key "vm"`},
+		{"memory", "[machine]\nmemory = \"abc\"\n", `machine.memory`},
+		{"memory small", "[machine]\nmemory = \"1M\"\n", `machine.memory: 1M is out of range`},
+		{"cpus", "[machine]\ncpus = 0\n", `machine.cpus: 0 is out of range`},
+		{"cpus type", "[machine]\ncpus = \"two\"\n", `:2:`},
+		{"accel", "[machine]\naccel = \"fast\"\n", `machine.accel: "fast"`},
+		{"kernel", "[boot]\nkernel = \"/no/such\"\n", `boot.kernel: /no/such: no such file`},
+		{"flavour", "[boot]\nkernel = \"debian:arm64\"\n", `unknown Debian flavour "arm64"`},
+		{"timeout", "[run]\ntimeout = \"soon\"\n", `run.timeout`},
+		{"env", "[run]\nenv = [\"NOEQUALS\"]\n", `run.env`},
+		{"syntax", "[machine\n", `:1:`},
+	}
+	for _, c := range cases {
+		p := filepath.Join(dir, c.name+".toml")
+		os.WriteFile(p, []byte(c.toml), 0o644)
+		_, err := Load(p)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), p) {
+			t.Errorf("%s: error %v, want it to name %s and contain %q", c.name, err, p, c.want)
+		}
+		if err != nil && strings.Contains(err.Error(), "\n") {
+			t.Errorf("%s: error spans lines: %q", c.name, err)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]Size{"512M": 512 << 20, "2G": 2 << 30, "4g": 4 << 30, "1024K": 1 << 20, "1Gi": 1 << 30, "65536": 65536} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "abc", "-1G", "0", "1.5G", "99999999999999999999G"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q) succeeded", in)
+		}
+	}
+	if s := Size(4 << 30).String(); s != "4G" {
+		t.Errorf("String = %s", s)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("[machine]\ncpus = 2\nmemory = \"1G\"\n"))
+	f.Add([]byte("[boot]\nkernel = 3\n"))
+	f.Add([]byte("[[x]]\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		v, err := Parse(b, "fuzz.toml")
+		if err == nil {
+			_ = v.Validate()
+		}
+	})
+}

@@ -1,0 +1,86 @@
+// Package proto is the contract between ember on the host and the init it
+// puts into the guest: where the guest finds what to run, and the I/O ports
+// through which it reports back.
+package proto
+
+// I/O ports of ember's control device. The guest writes single bytes
+// (through /dev/port, so no assembly is needed in Go).
+const (
+	// PortBase is the first port of the control device.
+	PortBase = 0x0ff0
+	// PortCount is how many ports the control device claims.
+	PortCount = 4
+	// PortExit: a byte written here is the guest command's exit status; the
+	// VM stops and ember exits with that status.
+	PortExit = PortBase + 0
+	// PortMark: a byte written here records a boot milestone (Mark*) with the
+	// host's monotonic time.
+	PortMark = PortBase + 1
+	// PortPanic: any write reports that the guest is about to fail in a way
+	// it cannot report through PortExit (init itself failed).
+	PortPanic = PortBase + 2
+)
+
+// Boot milestones written to PortMark.
+const (
+	MarkInit    = 1 // guest init (PID 1) started: userspace is up
+	MarkCommand = 2 // the user's command is about to start
+)
+
+// StatusInitFailed is reported through PortExit when init cannot run the
+// command at all (missing binary, bad run file).
+const StatusInitFailed = 127
+
+// RunFile is where the guest init reads its instructions. ember appends a
+// small newc cpio archive holding it to the initramfs (the kernel unpacks
+// concatenated archives in order), so the base image stays cacheable.
+const RunFile = "/etc/ember/run.json"
+
+// ModulesFile lists kernel modules (paths inside the initramfs), one a line,
+// in the order init loads them. Written by the image builder.
+const ModulesFile = "/etc/ember/modules"
+
+// Run is the content of RunFile.
+type Run struct {
+	// Args is the command and its arguments; empty means an interactive
+	// shell on the console.
+	Args []string `json:"args,omitempty"`
+	// Env is added to init's environment (KEY=VALUE).
+	Env []string `json:"env,omitempty"`
+	// Dir is the working directory for the command.
+	Dir string `json:"dir,omitempty"`
+	// Shell is the program to start when Args is empty.
+	Shell string `json:"shell,omitempty"`
+
+	// Nested, when set, makes init act as the L1 host of --accel nested:
+	// it loads KVM, mounts the shares and runs ember itself.
+	Nested *Nested `json:"nested,omitempty"`
+}
+
+// Nested describes what the L1 init of --accel nested does.
+type Nested struct {
+	// RootTag is the 9p mount tag of the host's root directory (read-only).
+	RootTag string `json:"root_tag"`
+	// IOTag is the 9p mount tag of a read-write host directory where init
+	// writes StatusFile and ember writes its result.
+	IOTag string `json:"io_tag"`
+	// Mounts are extra host directories, mounted at the same path in L1.
+	Mounts []NestedMount `json:"mounts,omitempty"`
+}
+
+// NestedMount is one extra 9p share.
+type NestedMount struct {
+	Tag      string `json:"tag"`
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"read_only"`
+}
+
+// Files inside the Nested.IOTag share.
+const (
+	// StatusFile holds the exit status of ember inside L1, in decimal.
+	StatusFile = "status"
+	// ResultFile holds the JSON result of ember inside L1.
+	ResultFile = "result.json"
+	// IOMount is where L1 mounts the IOTag share.
+	IOMount = "/run/ember-io"
+)

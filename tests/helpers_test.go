@@ -1,0 +1,77 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+type result struct {
+	stdout, stderr string
+	code           int
+	elapsed        time.Duration
+}
+
+// ember runs bin/ember with args and returns its output and exit status.
+func ember(t testing.TB, limit time.Duration, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, env.ember, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String(), elapsed: time.Since(start)}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee) && ctx.Err() == nil:
+		r.code = ee.ExitCode()
+	default:
+		t.Fatalf("ember %s: %v (after %s)\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, r.elapsed, r.stdout, r.stderr)
+	}
+	t.Logf("ember %s → %d in %s", strings.Join(args, " "), r.code, r.elapsed.Round(time.Millisecond))
+	return r
+}
+
+// vmArgs prefixes run arguments with what every VM test uses here.
+func vmArgs(args ...string) []string {
+	return append([]string{"run", "--accel", "kvm", "--cache-dir", env.cacheDir}, args...)
+}
+
+func wantCode(t *testing.T, r result, code int) {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("exit status %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, code, r.stdout, r.stderr)
+	}
+}
+
+func wantOut(t *testing.T, r result, substr string) {
+	t.Helper()
+	if !strings.Contains(r.stdout, substr) {
+		t.Fatalf("stdout lacks %q\nstdout:\n%s\nstderr:\n%s", substr, r.stdout, r.stderr)
+	}
+}
+
+// report decodes the last JSON object ember printed with --json.
+func report(t *testing.T, r result) map[string]any {
+	t.Helper()
+	i := strings.LastIndex(r.stdout, "\n{\n")
+	s := r.stdout
+	if i >= 0 {
+		s = r.stdout[i+1:]
+	} else if !strings.HasPrefix(s, "{") {
+		t.Fatalf("no JSON result in stdout:\n%s", r.stdout)
+	}
+	var m map[string]any
+	if err := json.Unmarshal([]byte(s), &m); err != nil {
+		t.Fatalf("JSON result: %v\n%s", err, s)
+	}
+	return m
+}

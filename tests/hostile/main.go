@@ -1,0 +1,102 @@
+// Command hostile runs inside a guest and misbehaves on purpose: it writes
+// garbage to every I/O port (plain and string I/O) and reads and writes
+// unmapped MMIO addresses. The VMM must survive all of it.
+package main
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+func outb(port uint16, v uint8)
+func outw(port uint16, v uint16)
+func outl(port uint16, v uint32)
+func inb(port uint16) uint8
+func inl(port uint16) uint32
+func outsb(port uint16, p *byte, n int)
+func insb(port uint16, p *byte, n int)
+
+// skip lists ports whose garbage would end the test early for legitimate
+// reasons (reset, power-off, exit status) or wreck the in-kernel
+// interrupt controllers and timer the guest kernel needs to keep running.
+func skip(p int) bool {
+	switch {
+	case p == 0x64: // i8042 command: 0xfe resets the VM
+	case p >= 0x20 && p <= 0x21, p >= 0xa0 && p <= 0xa1, p >= 0x4d0 && p <= 0x4d1: // PIC, ELCR
+	case p >= 0x40 && p <= 0x43: // PIT
+	case p >= 0x0ff0 && p <= 0x0ff3: // ember control: exit status
+	case p >= 0x0ff8 && p <= 0x0ff9: // ACPI sleep: power-off
+	case p >= 0x3f8 && p <= 0x3ff: // COM1: done separately, then restored
+	default:
+		return false
+	}
+	return true
+}
+
+func main() {
+	if err := unix.Iopl(3); err != nil {
+		fmt.Fprintln(os.Stderr, "hostile: iopl:", err)
+		os.Exit(2)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	buf := make([]byte, 64)
+	n := 0
+	for p := 0; p < 0x10000; p++ {
+		if skip(p) {
+			continue
+		}
+		port := uint16(p)
+		outb(port, uint8(r.Uint32()))
+		outw(port, uint16(r.Uint32()))
+		outl(port, r.Uint32())
+		_ = inb(port)
+		_ = inl(port)
+		for i := range buf {
+			buf[i] = byte(r.Uint32())
+		}
+		outsb(port, &buf[0], len(buf))
+		insb(port, &buf[0], len(buf))
+		n++
+	}
+	// COM1 gets garbage too, then the state the kernel's driver expects.
+	for i := 0; i < 2000; i++ {
+		outb(uint16(0x3f8+r.IntN(8)), uint8(r.Uint32()))
+		_ = inb(uint16(0x3f8 + r.IntN(8)))
+	}
+	outb(0x3fb, 0x03) // LCR: 8N1, DLAB off
+	outb(0x3fc, 0x0b) // MCR: DTR, RTS, OUT2
+	outb(0x3fa, 0x07) // FCR: FIFOs on and cleared
+	outb(0x3f9, 0x00) // IER: the driver re-enables what it needs
+
+	m := mmio(r)
+	fmt.Printf("hostile: done: %d ports, %d mmio accesses\n", n, m)
+}
+
+// mmio pokes guest-physical addresses where no device lives.
+func mmio(r *rand.Rand) int {
+	f, err := os.OpenFile("/dev/mem", os.O_RDWR|os.O_SYNC, 0)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hostile: /dev/mem:", err)
+		return 0
+	}
+	defer f.Close()
+	n := 0
+	for _, base := range []int64{0xd000_0000, 0xe000_0000, 0xfe00_0000, 0xfed0_0000} {
+		mem, err := unix.Mmap(int(f.Fd()), base, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "hostile: mmap %#x: %v\n", base, err)
+			continue
+		}
+		for i := 0; i < 256; i++ {
+			off := r.IntN(4096 - 8)
+			mem[off] = byte(r.Uint32())
+			_ = mem[off+1]
+			n += 2
+		}
+		unix.Munmap(mem)
+	}
+	return n
+}

@@ -1,0 +1,60 @@
+package tests
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/u-root/u-root/pkg/cpio"
+)
+
+// TestVMHostileGuest runs a guest program that writes garbage to every I/O
+// port and pokes unmapped MMIO. ember must neither crash nor hang, and the
+// guest must still be able to report its exit status.
+func TestVMHostileGuest(t *testing.T) {
+	needVM(t)
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "hostile")
+	build := exec.Command("go", "build", "-o", bin, "./hostile")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the hostile guest program: %v\n%s", err, out)
+	}
+	prog, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := image(t, "cloud-amd64")
+	base, err := os.ReadFile(img.Initramfs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The kernel unpacks concatenated archives; ours adds /bin/hostile.
+	var extra bytes.Buffer
+	w := cpio.Newc.Writer(&extra)
+	if err := cpio.WriteRecordsAndDirs(w, []cpio.Record{cpio.StaticFile("bin/hostile", string(prog), 0o755)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cpio.WriteTrailer(w); err != nil {
+		t.Fatal(err)
+	}
+	for len(base)%4 != 0 {
+		base = append(base, 0)
+	}
+	initrd := filepath.Join(dir, "initrd")
+	if err := os.WriteFile(initrd, append(base, extra.Bytes()...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := ember(t, bootLimit, vmArgs("--initrd", initrd, "--timeout", "150s", "--json", "--", "/bin/hostile")...)
+	if bytes.Contains([]byte(r.stderr), []byte("goroutine ")) {
+		t.Fatalf("ember crashed:\n%s", r.stderr)
+	}
+	wantCode(t, r, 0)
+	wantOut(t, r, "hostile: done")
+	rep := report(t, r)
+	if u, _ := rep["unclaimed_accesses"].(float64); u < 60000 {
+		t.Fatalf("unclaimed_accesses = %v: the garbage did not reach ember's buses", rep["unclaimed_accesses"])
+	}
+}

@@ -1,0 +1,99 @@
+package tests
+
+import (
+	"crypto/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Bad user input: each gets one clear line on stderr, exit status 125, no
+// panic, and nothing left behind. None of these needs KVM.
+func TestInputErrors(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	random := make([]byte, 64<<10)
+	rand.Read(random)
+	randomKernel := write("random.bin", string(random))
+	cloud := image(t, "cloud-amd64")
+	bz, err := os.ReadFile(cloud.Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	truncated := write("truncated-bzImage", string(bz[:len(bz)/3]))
+
+	cases := []struct {
+		name string
+		args []string
+		want []string // substrings of the one error line
+	}{
+		{"unknown key", []string{"run", write("unknown.toml", "[machine]\ncpus = 1\ncpu = 2\n")},
+			[]string{"unknown.toml:3", "cpu"}},
+		{"bad memory", []string{"run", write("mem.toml", "[machine]\nmemory = \"abc\"\n")},
+			[]string{"mem.toml", "machine.memory", "abc"}},
+		{"zero cpus", []string{"run", write("cpus.toml", "[machine]\ncpus = 0\n")},
+			[]string{"cpus.toml", "machine.cpus", "0"}},
+		{"bad accel", []string{"run", write("accel.toml", "[machine]\naccel = \"fast\"\n")},
+			[]string{"machine.accel", "fast"}},
+		{"syntax", []string{"run", write("syntax.toml", "[machine\ncpus = 1\n")},
+			[]string{"syntax.toml:1"}},
+		{"missing config", []string{"run", filepath.Join(dir, "nope.toml")},
+			[]string{"nope.toml"}},
+		{"missing kernel file", []string{"run", "--kernel", filepath.Join(dir, "vmlinuz-missing"), "--initrd", "none"},
+			[]string{"vmlinuz-missing"}},
+		{"missing kernel in config", []string{"run", write("k.toml", "[boot]\nkernel = \"/no/such/kernel\"\ninitrd = \"none\"\n")},
+			[]string{"boot.kernel", "/no/such/kernel"}},
+		{"missing initrd", []string{"run", "--initrd", filepath.Join(dir, "initrd-missing")},
+			[]string{"initrd-missing"}},
+		{"bad memory flag", []string{"run", "--memory", "lots"}, []string{"--memory", "lots"}},
+		{"zero cpus flag", []string{"run", "--cpus", "0"}, []string{"cpus", "0"}},
+		{"bad accel flag", []string{"run", "--accel", "warp"}, []string{"accel", "warp"}},
+		{"unknown flavour", []string{"run", "--kernel", "debian:sparc"}, []string{"sparc"}},
+		{"random-bytes kernel", []string{"run", "--kernel", randomKernel, "--initrd", "none"},
+			[]string{"random.bin", "not a Linux kernel"}},
+		{"truncated bzImage", []string{"run", "--kernel", truncated, "--initrd", "none"},
+			[]string{"truncated-bzImage", "truncated"}},
+	}
+	before := leftovers(t)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			args := append(append([]string{}, c.args...), "--cache-dir", env.cacheDir)
+			r := ember(t, 2*time.Minute, args...)
+			if r.code != 125 {
+				t.Fatalf("exit status %d, want 125\nstderr:\n%s", r.code, r.stderr)
+			}
+			lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+			if len(lines) != 1 {
+				t.Fatalf("want one error line, got %d:\n%s", len(lines), r.stderr)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(lines[0], w) {
+					t.Errorf("error %q does not mention %q", lines[0], w)
+				}
+			}
+			if strings.Contains(r.stderr, "goroutine ") || strings.Contains(r.stderr, "panic:") {
+				t.Fatalf("ember panicked:\n%s", r.stderr)
+			}
+		})
+	}
+	if after := leftovers(t); after != before {
+		t.Fatalf("bad input left files behind in %s: %d entries before, %d after", os.TempDir(), before, after)
+	}
+}
+
+// leftovers counts ember's temporary files and directories.
+func leftovers(t *testing.T) int {
+	m, err := filepath.Glob(filepath.Join(os.TempDir(), "ember*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(m)
+}

@@ -1,0 +1,157 @@
+// Package tests holds ember's end-to-end tests: they boot real kernels with
+// the built bin/ember. On a host with a usable /dev/kvm they run directly;
+// otherwise the whole suite re-runs itself inside one nested L1 guest
+// (QEMU/TCG with nested SVM), so one emulated host boots all the guests.
+package tests
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ember-vmm/ember/images"
+	"github.com/ember-vmm/ember/vmm/launch"
+	"github.com/ember-vmm/ember/vmm/nested"
+)
+
+// env carries what every test needs; filled by TestMain.
+var env struct {
+	ember    string // bin/ember
+	initBin  string // bin/ember-init
+	cacheDir string
+	inside   bool   // running inside the nested L1 guest
+	direct   bool   // real KVM is usable here: VM tests run in this process
+	skip     string // why VM tests cannot run at all
+	images   []imageSet
+}
+
+type imageSet struct {
+	Flavour   string `json:"flavour"`
+	Version   string `json:"version"`
+	Kernel    string `json:"kernel"`
+	Vmlinux   string `json:"vmlinux"`
+	Initramfs string `json:"initramfs"`
+	L1        string `json:"l1_initramfs"`
+}
+
+const insideVar = "EMBER_E2E_INSIDE"
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	root, _ := filepath.Abs("..")
+	env.ember = filepath.Join(root, "bin", "ember")
+	env.initBin = filepath.Join(root, "bin", "ember-init")
+	env.cacheDir = os.Getenv("EMBER_CACHE_DIR")
+	if env.cacheDir == "" {
+		env.cacheDir = images.DefaultDir()
+	}
+	env.inside = os.Getenv(insideVar) == "1"
+	for _, p := range []string{env.ember, env.initBin} {
+		if _, err := os.Stat(p); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: %s missing: run `make build` first\n", p)
+			return 1
+		}
+	}
+	if err := loadImages(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: images: %v\n", err)
+		return 1
+	}
+	if env.inside || launch.ProbeKVM("/dev/kvm") == nil {
+		env.direct = true
+		return m.Run()
+	}
+	kvmErr := launch.ProbeKVM("/dev/kvm")
+	if err := nested.Check(); err != nil {
+		env.skip = fmt.Sprintf("no usable KVM (%v) and no nested path (%v)", kvmErr, err)
+		if os.Getenv("CI") != "" {
+			fmt.Fprintf(os.Stderr, "e2e: FAIL: end-to-end tests cannot run in CI: %s\n", env.skip)
+			return 1
+		}
+		fmt.Fprintf(os.Stderr, "\n*** e2e: SKIPPING every VM test: %s ***\n\n", env.skip)
+		return m.Run()
+	}
+	fmt.Fprintf(os.Stderr, "e2e: %v\ne2e: running the VM tests inside one nested L1 guest (QEMU/TCG + kvm-amd)\n", kvmErr)
+	// Host-side tests (bad input, --accel nested itself) run here; the VM
+	// suite runs in L1.
+	code := m.Run()
+	if c := runInside(); c != 0 {
+		code = c
+	}
+	return code
+}
+
+func loadImages() error {
+	out, err := exec.Command(env.ember, "images", "fetch", "--json", "--cache-dir", env.cacheDir).Output()
+	if err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return fmt.Errorf("%v: %s", err, ee.Stderr)
+		}
+		return err
+	}
+	return json.Unmarshal(out, &env.images)
+}
+
+func image(t testing.TB, flavour string) imageSet {
+	for _, s := range env.images {
+		if s.Flavour == flavour {
+			return s
+		}
+	}
+	t.Fatalf("no images for flavour %s", flavour)
+	return imageSet{}
+}
+
+// runInside re-runs this test binary inside L1 with real KVM.
+func runInside() int {
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	l1 := image(nil, "amd64")
+	args := []string{"/usr/bin/env", insideVar + "=1", "EMBER_CACHE_DIR=" + env.cacheDir, "PATH=" + os.Getenv("PATH"),
+		self, "-test.v", "-test.timeout", "25m"}
+	runFilter := "VM"
+	for _, a := range os.Args[1:] {
+		switch {
+		case strings.HasPrefix(a, "-test.run="):
+			runFilter = strings.TrimPrefix(a, "-test.run=")
+		case strings.HasPrefix(a, "-test.bench"), strings.HasPrefix(a, "-test.count"):
+			args = append(args, a)
+		}
+	}
+	args = append(args, "-test.run", runFilter)
+	wd, _ := os.Getwd()
+	start := time.Now()
+	res, err := nested.Run(context.Background(), nested.Options{
+		Kernel: l1.Kernel, Initrd: l1.L1, Args: args, Dir: wd, CPUs: 2, MemoryMiB: 6144,
+		Stdout: os.Stdout, Stderr: os.Stderr,
+	})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: FAIL: nested L1 run: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "e2e: L1 suite finished with status %d in %s (L1 boot %s)\n", res.ExitStatus, time.Since(start).Round(time.Millisecond), res.L1Boot.Round(time.Millisecond))
+	return res.ExitStatus
+}
+
+// needVM skips a VM test only when nothing can run VMs here, loudly; in
+// the nested setup the host process leaves VM tests to the L1 run.
+func needVM(t *testing.T) {
+	t.Helper()
+	if env.skip != "" {
+		t.Skipf("SKIP (no way to run VMs here): %s", env.skip)
+	}
+	if !env.direct {
+		t.Skip("runs inside the nested L1 guest")
+	}
+}

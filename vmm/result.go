@@ -1,0 +1,49 @@
+package vmm
+
+import "time"
+
+// Outcome is how a VM run ended.
+type Outcome string
+
+// Outcomes of Machine.Run.
+const (
+	// OutcomeExited: the guest init reported the command's exit status.
+	OutcomeExited Outcome = "exited"
+	// OutcomeInitFailed: the guest init could not run the command.
+	OutcomeInitFailed Outcome = "init-failed"
+	// OutcomePowerOff: the guest powered off through ACPI without a status.
+	OutcomePowerOff Outcome = "poweroff"
+	// OutcomeReset: the guest rebooted (i8042 reset, triple fault) without a
+	// status; with Panic set, after a kernel panic.
+	OutcomeReset Outcome = "reset"
+	// OutcomePanic: the guest kernel panicked.
+	OutcomePanic Outcome = "panic"
+	// OutcomeTimeout: the run's deadline passed.
+	OutcomeTimeout Outcome = "timeout"
+	// OutcomeCanceled: the run was canceled (signal, Ctrl-A x).
+	OutcomeCanceled Outcome = "canceled"
+	// OutcomeError: a host-side failure ended the run.
+	OutcomeError Outcome = "error"
+)
+
+// Result describes a finished run.
+type Result struct {
+	Outcome Outcome
+	// Status is the guest command's exit status (OutcomeExited).
+	Status int
+	// BootTime is from New to the guest init's first instruction in
+	// userspace (as reported through the control port); 0 if never reached.
+	BootTime time.Duration
+	// CommandStart is from New to the start of the guest command.
+	CommandStart time.Duration
+	// Wall is from New to the end of the run.
+	Wall time.Duration
+	// Panic is the kernel's panic line, when one was seen on the console.
+	Panic string
+	// Exits counts VM exits by reason name.
+	Exits map[string]uint64
+	// Unclaimed counts guest accesses no device handled.
+	Unclaimed uint64
+	// Err is the host-side error for OutcomeError.
+	Err error
+}
