@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -23,6 +24,10 @@ func ember(t testing.TB, limit time.Duration, args ...string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, env.ember, args...)
+	// On the deadline, ask ember to stop (it reports the outcome) before
+	// killing it.
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 10 * time.Second
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()
@@ -33,6 +38,9 @@ func ember(t testing.TB, limit time.Duration, args ...string) result {
 	case err == nil:
 	case errors.As(err, &ee) && ctx.Err() == nil:
 		r.code = ee.ExitCode()
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+		t.Fatalf("ember %s: still running after %s and interrupted (exit %d)\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), limit, r.code, r.stdout, r.stderr)
 	default:
 		t.Fatalf("ember %s: %v (after %s)\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, r.elapsed, r.stdout, r.stderr)
 	}

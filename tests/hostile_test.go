@@ -3,7 +3,6 @@ package tests
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -16,13 +15,7 @@ import (
 func TestVMHostileGuest(t *testing.T) {
 	needVM(t)
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "hostile")
-	build := exec.Command("go", "build", "-o", bin, "./hostile")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the hostile guest program: %v\n%s", err, out)
-	}
-	prog, err := os.ReadFile(bin)
+	prog, err := os.ReadFile(env.hostile)
 	if err != nil {
 		t.Fatal(err)
 	}

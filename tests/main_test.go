@@ -26,6 +26,7 @@ var env struct {
 	initBin  string // bin/ember-init
 	cacheDir string
 	inside   bool   // running inside the nested L1 guest
+	hostile  string // the hostile guest program, built on the host
 	direct   bool   // real KVM is usable here: VM tests run in this process
 	skip     string // why VM tests cannot run at all
 	images   []imageSet
@@ -58,6 +59,16 @@ func run(m *testing.M) int {
 	for _, p := range []string{env.ember, env.initBin} {
 		if _, err := os.Stat(p); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: %s missing: run `make build` first\n", p)
+			return 1
+		}
+	}
+	env.hostile = os.Getenv("EMBER_E2E_HOSTILE")
+	if env.hostile == "" {
+		env.hostile = filepath.Join(root, "bin", "e2e-hostile")
+		build := exec.Command("go", "build", "-o", env.hostile, "./hostile")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: building the hostile guest program: %v\n%s", err, out)
 			return 1
 		}
 	}
@@ -112,13 +123,15 @@ func image(t testing.TB, flavour string) imageSet {
 
 // runInside re-runs this test binary inside L1 with real KVM.
 func runInside() int {
-	self, err := os.Executable()
-	if err != nil {
+	// go test builds the binary under /tmp, which L1 does not share: copy
+	// it next to ember.
+	self := filepath.Join(filepath.Dir(env.ember), "e2e.test")
+	if err := copyExecutable(self); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
 	}
 	l1 := image(nil, "amd64")
-	args := []string{"/usr/bin/env", insideVar + "=1", "EMBER_CACHE_DIR=" + env.cacheDir, "PATH=" + os.Getenv("PATH"),
+	args := []string{"/usr/bin/env", insideVar + "=1", "EMBER_CACHE_DIR=" + env.cacheDir, "EMBER_E2E_HOSTILE=" + env.hostile, "PATH=" + os.Getenv("PATH"),
 		self, "-test.v", "-test.timeout", "25m"}
 	runFilter := "VM"
 	for _, a := range os.Args[1:] {
@@ -154,4 +167,16 @@ func needVM(t *testing.T) {
 	if !env.direct {
 		t.Skip("runs inside the nested L1 guest")
 	}
+}
+
+func copyExecutable(dst string) error {
+	src, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o755)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/ember-vmm/ember/devices/acpipm"
 	"github.com/ember-vmm/ember/devices/control"
 	"github.com/ember-vmm/ember/devices/i8042"
+	"github.com/ember-vmm/ember/devices/rtc"
 	"github.com/ember-vmm/ember/devices/serial"
 	"github.com/ember-vmm/ember/guest/proto"
 	"github.com/ember-vmm/ember/vmm/bus"
@@ -49,7 +50,7 @@ const (
 	// BaseCmdline is what every guest gets before the user's additions:
 	// the serial console, reboot through the i8042 (which ends the VM), and
 	// an immediate reboot on panic so a panicking guest ends promptly.
-	BaseCmdline = "console=ttyS0 reboot=k panic=-1 acpi=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+	BaseCmdline = "console=ttyS0 reboot=k panic=-1 acpi=off pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
 )
 
 // Machine is one VM. New prepares it, Run executes it once, Close frees it.
@@ -210,6 +211,7 @@ func (m *Machine) attachDevices() error {
 		{"i8042-cmd", 0x64, 1, kbd.Command()},
 		{"ember-control", proto.PortBase, proto.PortCount, ctl},
 		{"acpi-sleep", 0x0ff8, 2, pm},
+		{"rtc", 0x70, 2, rtc.New()},
 		// Port 0x80 is the POST/io_delay port: writes are expected, never news.
 		{"post", 0x80, 1, sink{}},
 	} {
