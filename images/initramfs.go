@@ -3,13 +3,12 @@ package images
 import (
 	"bytes"
 	"context"
-	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 
@@ -20,87 +19,229 @@ import (
 	"github.com/u-root/uio/llog"
 )
 
-// urootVersion is the u-root release whose commands go into the image.
+// urootVersion is the u-root release whose commands go into the image
+// (the version ember's go.mod requires).
 const urootVersion = "v0.14.0"
 
-// builderVersion changes when the image layout changes, so cached images
-// are rebuilt.
-const builderVersion = "1"
+// builderVersion changes whenever the image contents change in a way the
+// other cache-key inputs do not capture, so cached images are rebuilt.
+const builderVersion = "2"
 
-// urootCommands are the u-root core commands in ember's image. ember's
-// init replaces u-root's init, poweroff and shutdown.
+// urootCommands are the u-root core commands in the default image, built as
+// one busybox in /bbin. ember's init provides /init, sh, poweroff, reboot,
+// halt and shutdown, so u-root's init, poweroff and shutdown stay out.
 var urootCommands = []string{
-	"base64", "basename", "cat", "chmod", "chroot", "cmp", "cp", "date", "dd", "df", "dirname",
-	"dmesg", "echo", "false", "find", "free", "gosh", "grep", "gzip", "hexdump", "hostname", "id",
-	"insmod", "kill", "ln", "ls", "lsmod", "mkdir", "mknod", "mktemp", "more", "mount", "mv",
-	"printenv", "ps", "pwd", "readlink", "rm", "rmmod", "seq", "sleep", "sort", "stty", "sync",
-	"tail", "tee", "time", "timeout", "touch", "tr", "true", "umount", "uname", "uniq", "uptime",
-	"wc", "which", "xargs", "yes",
+	"base64", "basename", "blkid", "cat", "chmod", "chroot", "cmp", "comm", "cp", "cpio", "date",
+	"dd", "df", "dirname", "dmesg", "echo", "false", "find", "free", "gosh", "grep", "gzip",
+	"hexdump", "hostname", "id", "insmod", "ip", "kill", "ln", "losetup", "ls", "lsmod", "md5sum",
+	"mkdir", "mkfifo", "mknod", "mktemp", "more", "mount", "mv", "nohup", "printenv", "ps", "pwd",
+	"readlink", "rm", "rmmod", "seq", "shasum", "sleep", "sort", "stty", "strings", "sync", "tail",
+	"tar", "tee", "time", "timeout", "touch", "tr", "true", "truncate", "umount", "uname", "uniq",
+	"unshare", "uptime", "wc", "which", "xargs", "yes",
 }
 
-// guestModules go into the default image when the kernel has them (the
-// virtio devices that follow use them).
-var guestModules = []string{
-	"drivers/virtio/virtio_mmio.ko", "drivers/block/virtio_blk.ko", "drivers/net/virtio_net.ko",
-	"drivers/char/hw_random/virtio-rng.ko", "fs/9p/9p.ko", "net/9p/9pnet_virtio.ko",
-}
-
-// l1Modules give the nested L1 guest /dev/kvm (AMD SVM, as QEMU's TCG
-// emulates) and 9p over virtio-pci for the host's files.
-var l1Modules = []string{
-	"arch/x86/kvm/kvm-amd.ko", "drivers/virtio/virtio_pci.ko", "net/9p/9pnet_virtio.ko", "fs/9p/9p.ko",
-}
+// initLinks are the names under which the multi-call guest init is also
+// reachable (it dispatches on argv[0]). They live in /bin, which precedes
+// u-root's /bbin in the guest's PATH.
+var initLinks = []string{"sh", "ember-info", "poweroff", "reboot", "halt", "shutdown"}
 
 // Initramfs returns ember's default initramfs for k: u-root's core
-// commands, ember's init and k's modules. k may be nil (no modules).
+// commands, the guest init at /init and k's virtio/9p/ext4 modules with
+// proto.ModulesFile listing them in load order. k may be nil (a kernel of
+// the user's own): then the image carries no modules. Built once per set of
+// inputs: u-root's commands are compiled once per cache (urootBase), so a
+// new kernel or guest init costs well under a second; later calls return the
+// cached file.
 func (c *Cache) Initramfs(ctx context.Context, k *Kernel, initBin string) (string, error) {
 	ib, err := os.ReadFile(initBin)
 	if err != nil {
-		return "", fmt.Errorf("guest init: %w", err)
+		return "", fmt.Errorf("guest init %s: %w", initBin, err)
 	}
 	version, mods := "none", []string(nil)
 	if k != nil {
 		version = k.Version
-		if mods, err = resolveModules(k.ModulesDir, guestModules, false); err != nil {
+		if mods, err = kernelModules(k, l2Modules, false); err != nil {
 			return "", err
 		}
 	}
-	key := hashOf(ib, []byte(version), []byte(strings.Join(mods, ",")), []byte(urootVersion+builderVersion+strings.Join(urootCommands, ",")))
+	key := initramfsKey(ib, version, mods, urootVersion, urootCommands)
 	out := filepath.Join(c.Dir, "initramfs", "ember-"+version+"-"+key+".cpio")
-	if _, err := os.Stat(out); err == nil {
+	if cpioOK(out) {
 		return out, nil
 	}
-	unlock, err := c.lock()
+	unlock, err := c.lock(ctx, "initramfs-"+key)
 	if err != nil {
 		return "", err
 	}
 	defer unlock()
-	if _, err := os.Stat(out); err == nil {
+	if cpioOK(out) {
 		return out, nil
 	}
-	err = c.step("building the initramfs (u-root "+urootVersion+" + ember-init) for "+version, func() error {
-		return c.buildUroot(ctx, out, initBin, k, mods)
-	})
-	return out, err
+	base, err := c.urootBase(ctx)
+	if err != nil {
+		return "", err
+	}
+	recs := []cpio.Record{cpio.StaticFile("init", string(ib), 0o755)}
+	if k != nil {
+		more, err := moduleRecords(k, mods)
+		if err != nil {
+			return "", err
+		}
+		recs = append(recs, more...)
+	}
+	if err := writeAtomic(out, func(w io.Writer) error { return appendCPIO(w, base, recs) }); err != nil {
+		return "", fmt.Errorf("initramfs %s: %w", out, err)
+	}
+	return out, nil
 }
 
-// buildModule is a Go module in the cache from which mkuimage resolves
-// u-root's command packages, wherever ember runs from.
+// urootBase returns the kernel- and init-independent part of the default
+// image: u-root's commands as one busybox in /bbin and the /bin links to
+// /init. It takes a Go build (tens of seconds), so it is built once and
+// shared by every kernel and every version of the guest init.
+func (c *Cache) urootBase(ctx context.Context) (string, error) {
+	key := hashOf([]byte(urootVersion), []byte(strings.Join(urootCommands, ",")), []byte(strings.Join(initLinks, ",")), []byte(builderVersion))
+	out := filepath.Join(c.Dir, "initramfs", "uroot-"+urootVersion+"-"+key+".cpio")
+	if cpioOK(out) {
+		return out, nil
+	}
+	unlock, err := c.lock(ctx, "uroot-"+key)
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if cpioOK(out) {
+		return out, nil
+	}
+	err = c.step("building u-root "+urootVersion+" commands for the initramfs", func() error {
+		return c.buildUroot(ctx, out)
+	})
+	if err != nil {
+		return "", err
+	}
+	return out, nil
+}
+
+// moduleRecords are k's modules at their /lib/modules path and
+// proto.ModulesFile listing them in load order.
+func moduleRecords(k *Kernel, mods []string) ([]cpio.Record, error) {
+	var recs []cpio.Record
+	for _, m := range mods {
+		b, err := os.ReadFile(filepath.Join(k.ModulesDir, m))
+		if err != nil {
+			return nil, err
+		}
+		recs = append(recs, cpio.StaticFile(moduleTarget(k, m), string(b), 0o644))
+	}
+	return append(recs, cpio.StaticFile(strings.TrimPrefix(proto.ModulesFile, "/"), modulesList(k, mods), 0o644)), nil
+}
+
+// appendCPIO writes the records of the newc archive base, then recs, as
+// one archive.
+func appendCPIO(w io.Writer, base string, recs []cpio.Record) error {
+	f, err := os.Open(base)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	rr, err := cpio.Format("newc")
+	if err != nil {
+		return err
+	}
+	old, err := cpio.ReadAllRecords(rr.Reader(f))
+	if err != nil {
+		return fmt.Errorf("%s: %w", base, err)
+	}
+	have := map[string]bool{}
+	for _, r := range recs {
+		have[cpio.Normalize(r.Name)] = true
+	}
+	var all []cpio.Record
+	for _, r := range old {
+		if n := cpio.Normalize(r.Name); n != "" && n != "." && !have[n] {
+			all = append(all, r)
+		}
+	}
+	return writeCPIO(w, append(all, recs...))
+}
+
+// initramfsKey names an image by everything that goes into it.
+func initramfsKey(initBin []byte, version string, mods []string, uroot string, cmds []string) string {
+	return hashOf(initBin, []byte(version), []byte(strings.Join(mods, ",")), []byte(uroot),
+		[]byte(strings.Join(cmds, ",")), []byte(strings.Join(initLinks, ",")), []byte(builderVersion))
+}
+
+// cpioOK reports whether path looks like a complete newc archive (entries
+// are written by rename, so only damage from outside is caught here).
+func cpioOK(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var m [6]byte
+	_, err = io.ReadFull(f, m[:])
+	return err == nil && string(m[:]) == "070701"
+}
+
+// kernelModules resolves wanted against k's modules.dep and checks that
+// each resulting module is in the cache; paths are relative to ModulesDir.
+func kernelModules(k *Kernel, wanted []string, required bool) ([]string, error) {
+	f, err := os.Open(filepath.Join(k.ModulesDir, "modules.dep"))
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", k.Version, err)
+	}
+	defer f.Close()
+	g, err := parseModulesDep(f)
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", k.Version, err)
+	}
+	mods, err := g.resolve(wanted, required)
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s (%s): %w", k.Version, k.Flavour, err)
+	}
+	for _, m := range mods {
+		if _, err := os.Stat(filepath.Join(k.ModulesDir, m)); err != nil {
+			return nil, fmt.Errorf("kernel %s: cached entry lacks %s (remove %s to fetch again): %w", k.Version, m, filepath.Dir(filepath.Dir(filepath.Dir(k.ModulesDir))), err)
+		}
+	}
+	return mods, nil
+}
+
+// moduleTarget is where a module lives inside an image.
+func moduleTarget(k *Kernel, rel string) string {
+	return path.Join("lib/modules", k.Version, rel)
+}
+
+// modulesList is proto.ModulesFile's content: absolute paths in load order.
+func modulesList(k *Kernel, mods []string) string {
+	var b strings.Builder
+	for _, m := range mods {
+		b.WriteString("/" + moduleTarget(k, m) + "\n")
+	}
+	return b.String()
+}
+
+// buildModule prepares a Go module in the cache from which mkuimage
+// resolves u-root's command packages, so building works whatever the
+// current directory is.
 func (c *Cache) buildModule() (string, error) {
 	dir := filepath.Join(c.Dir, "build", "uroot-"+urootVersion)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
 	gomod := fmt.Sprintf("module emberimage\n\ngo 1.22\n\nrequire github.com/u-root/u-root %s\n", urootVersion)
-	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(gomod), 0o644); err != nil {
-		return "", err
+	if old, err := os.ReadFile(filepath.Join(dir, "go.mod")); err != nil || !bytes.HasPrefix(old, []byte(gomod)) {
+		if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(gomod), 0o644); err != nil {
+			return "", err
+		}
 	}
-	// A blank import keeps the requirement in the build list.
-	src := "package emberimage\n\nimport _ \"github.com/u-root/u-root/pkg/cpio\"\n"
-	return dir, os.WriteFile(filepath.Join(dir, "deps.go"), []byte(src), 0o644)
+	// A package in the module keeps the go command content with the module.
+	src := "package emberimage\n"
+	return dir, os.WriteFile(filepath.Join(dir, "doc.go"), []byte(src), 0o644)
 }
 
-func (c *Cache) buildUroot(ctx context.Context, out, initBin string, k *Kernel, mods []string) error {
+func (c *Cache) buildUroot(ctx context.Context, out string) error {
 	mod, err := c.buildModule()
 	if err != nil {
 		return err
@@ -110,48 +251,44 @@ func (c *Cache) buildUroot(ctx context.Context, out, initBin string, k *Kernel, 
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	// mkuimage resolves packages with the go command; -mod=mod lets it
-	// fill go.sum in the build module from the module proxy.
-	os.Setenv("GOFLAGS", strings.TrimSpace(os.Getenv("GOFLAGS")+" -mod=mod"))
-	if tidy, err := runGo(ctx, mod, "mod", "tidy"); err != nil {
-		return fmt.Errorf("preparing u-root %s: %v: %s", urootVersion, err, tidy)
-	}
 	var cmds []string
 	for _, n := range urootCommands {
 		cmds = append(cmds, "github.com/u-root/u-root/cmds/core/"+n)
 	}
-	files := []string{initBin + ":init"}
-	var modList bytes.Buffer
-	for _, m := range mods {
-		files = append(files, filepath.Join(k.ModulesDir, "kernel", m)+":"+moduleTarget(k, m))
-		fmt.Fprintln(&modList, "/"+moduleTarget(k, m))
-	}
-	listFile := filepath.Join(tmp, "modules")
-	if err := os.WriteFile(listFile, modList.Bytes(), 0o644); err != nil {
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
 	}
-	files = append(files, listFile+":"+strings.TrimPrefix(proto.ModulesFile, "/"))
-	var logBuf bytes.Buffer
-	tmpOut := out + ".partial"
-	os.MkdirAll(filepath.Dir(out), 0o755)
-	err = uimage.Create(newLogger(&logBuf),
-		uimage.WithReplaceEnv(golang.Default(golang.DisableCGO(), golang.WithGOARCH("amd64"), golang.WithWorkingDir(mod))),
+	partial, err := os.CreateTemp(filepath.Dir(out), ".tmp-")
+	if err != nil {
+		return err
+	}
+	partial.Close()
+	defer os.Remove(partial.Name())
+	mk := []uimage.Modifier{
+		// -mod=mod lets the go command fill the build module's go.sum from
+		// the module proxy (or the module cache) on first use.
+		uimage.WithReplaceEnv(golang.Default(golang.DisableCGO(), golang.WithGOARCH("amd64"),
+			golang.WithWorkingDir(mod), golang.WithMod(golang.ModOnly))),
 		uimage.WithTempDir(tmp),
 		uimage.WithBusyboxCommands(cmds...),
-		uimage.WithFiles(files...),
 		uimage.WithSkipLDD(),
-		uimage.WithSymlink("bin/sh", "/init"),
-		uimage.WithSymlink("bin/ember-info", "/init"),
-		uimage.WithSymlink("bin/poweroff", "/init"),
-		uimage.WithSymlink("bin/reboot", "/init"),
-		uimage.WithSymlink("bin/halt", "/init"),
-		uimage.WithCPIOOutput(tmpOut),
-	)
-	if err != nil {
-		os.Remove(tmpOut)
+		uimage.WithCPIOOutput(partial.Name()),
+	}
+	for _, l := range initLinks {
+		mk = append(mk, uimage.WithSymlink("bin/"+l, "/init"))
+	}
+	var logBuf bytes.Buffer
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := uimage.Create(newLogger(&logBuf), mk...); err != nil {
 		return fmt.Errorf("building the initramfs: %v\n%s", err, tail(logBuf.String(), 20))
 	}
-	return os.Rename(tmpOut, out)
+	c.log().Debug("mkuimage", "log", logBuf.String())
+	if err := os.Chmod(partial.Name(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(partial.Name(), out)
 }
 
 func tail(s string, n int) string {
@@ -159,41 +296,49 @@ func tail(s string, n int) string {
 	return strings.Join(l[max(0, len(l)-n):], "\n")
 }
 
-func moduleTarget(k *Kernel, m string) string {
-	return filepath.Join("lib/modules", k.Version, "kernel", m)
-}
-
-// L1Initramfs returns the initramfs of --accel nested's L1 guest: ember's
-// init and the modules for KVM and 9p, nothing else.
+// L1Initramfs returns the initramfs of --accel nested's L1 guest: the
+// guest init at /init (it acts as the L1 host when proto.Run.Nested is set)
+// and the modules for KVM on AMD and 9p over virtio-pci, nothing else. k
+// must be a flavour with those modules (amd64). The archive is left
+// uncompressed: QEMU loads it directly and the emulated CPU does not spend
+// time inflating it.
 func (c *Cache) L1Initramfs(ctx context.Context, k *Kernel, initBin string) (string, error) {
+	if k == nil {
+		return "", fmt.Errorf("L1 initramfs: no kernel")
+	}
 	ib, err := os.ReadFile(initBin)
 	if err != nil {
-		return "", fmt.Errorf("guest init: %w", err)
+		return "", fmt.Errorf("guest init %s: %w", initBin, err)
 	}
-	mods, err := resolveModules(k.ModulesDir, l1Modules, true)
+	mods, err := kernelModules(k, l1Modules, true)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("L1 initramfs: %w", err)
 	}
 	key := hashOf(ib, []byte(k.Version), []byte(strings.Join(mods, ",")), []byte(builderVersion))
 	out := filepath.Join(c.Dir, "initramfs", "l1-"+k.Version+"-"+key+".cpio")
-	if _, err := os.Stat(out); err == nil {
+	if cpioOK(out) {
 		return out, nil
 	}
-	recs := []cpio.Record{cpio.StaticFile("init", string(ib), 0o755)}
-	var list bytes.Buffer
-	for _, m := range mods {
-		b, err := os.ReadFile(filepath.Join(k.ModulesDir, "kernel", m))
-		if err != nil {
-			return "", err
-		}
-		recs = append(recs, cpio.StaticFile(moduleTarget(k, m), string(b), 0o644))
-		fmt.Fprintln(&list, "/"+moduleTarget(k, m))
+	unlock, err := c.lock(ctx, "initramfs-"+key)
+	if err != nil {
+		return "", err
 	}
-	recs = append(recs, cpio.StaticFile(strings.TrimPrefix(proto.ModulesFile, "/"), list.String(), 0o644))
-	err = writeAtomic(out, func(w io.Writer) error { return writeCPIO(w, recs) })
-	return out, err
+	defer unlock()
+	if cpioOK(out) {
+		return out, nil
+	}
+	more, err := moduleRecords(k, mods)
+	if err != nil {
+		return "", err
+	}
+	recs := append([]cpio.Record{cpio.StaticFile("init", string(ib), 0o755)}, more...)
+	if err := writeAtomic(out, func(w io.Writer) error { return writeCPIO(w, recs) }); err != nil {
+		return "", fmt.Errorf("L1 initramfs %s: %w", out, err)
+	}
+	return out, nil
 }
 
+// writeCPIO writes recs, with their parent directories, as a newc archive.
 func writeCPIO(w io.Writer, recs []cpio.Record) error {
 	rw := cpio.Newc.Writer(w)
 	if err := cpio.WriteRecordsAndDirs(rw, recs); err != nil {
@@ -202,123 +347,19 @@ func writeCPIO(w io.Writer, recs []cpio.Record) error {
 	return cpio.WriteTrailer(rw)
 }
 
-// RunArchive is a newc cpio holding proto.RunFile, appended by the VMM to
-// the initramfs so the cached image stays the same for every command.
+// RunArchive is a small newc cpio holding proto.RunFile (r as JSON). The
+// VMM appends it to the cached initramfs in memory; the kernel unpacks
+// concatenated archives in order, so each run needs no new image.
 func RunArchive(r proto.Run) ([]byte, error) {
 	b, err := json.Marshal(r)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("run file: %w", err)
 	}
 	var buf bytes.Buffer
-	err = writeCPIO(&buf, []cpio.Record{cpio.StaticFile(strings.TrimPrefix(proto.RunFile, "/"), string(b), 0o644)})
-	return buf.Bytes(), err
-}
-
-// resolveModules expands wanted (paths under kernel/) with their
-// dependencies, dependencies first. Debian's packages ship no modules.dep
-// (depmod writes it at install time), so dependencies come from each
-// module's .modinfo "depends=" entry. Missing wanted modules are an error
-// only if required.
-func resolveModules(modDir string, wanted []string, required bool) ([]string, error) {
-	root := filepath.Join(modDir, "kernel")
-	byName := map[string]string{}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if !d.IsDir() && strings.HasSuffix(p, ".ko") {
-			rel, _ := filepath.Rel(root, p)
-			byName[modName(rel)] = rel
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("kernel modules: %w", err)
+	if err := writeCPIO(&buf, []cpio.Record{cpio.StaticFile(strings.TrimPrefix(proto.RunFile, "/"), string(b), 0o644)}); err != nil {
+		return nil, fmt.Errorf("run archive: %w", err)
 	}
-	return resolveDeps(wanted, required, byName, func(rel string) ([]string, error) {
-		return moduleDepends(filepath.Join(root, rel))
-	})
-}
-
-// modName is the kernel's name for a module file: basename, '-' → '_'.
-func modName(rel string) string {
-	return strings.ReplaceAll(strings.TrimSuffix(filepath.Base(rel), ".ko"), "-", "_")
-}
-
-func resolveDeps(wanted []string, required bool, byName map[string]string, depends func(string) ([]string, error)) ([]string, error) {
-	var out []string
-	seen := map[string]bool{}
-	var visit func(rel string, depth int) error
-	visit = func(rel string, depth int) error {
-		if seen[rel] {
-			return nil
-		}
-		if depth > 64 {
-			return fmt.Errorf("kernel module %s: dependency chain too deep", rel)
-		}
-		seen[rel] = true
-		ds, err := depends(rel)
-		if err != nil {
-			return err
-		}
-		for _, d := range ds {
-			p, ok := byName[strings.ReplaceAll(d, "-", "_")]
-			if !ok {
-				return fmt.Errorf("kernel module %s needs %s, which is missing", rel, d)
-			}
-			if err := visit(p, depth+1); err != nil {
-				return err
-			}
-		}
-		out = append(out, rel)
-		return nil
-	}
-	for _, w := range wanted {
-		rel, ok := byName[modName(w)]
-		if !ok {
-			if required {
-				return nil, fmt.Errorf("kernel module %s not found", w)
-			}
-			continue
-		}
-		if err := visit(rel, 0); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
-}
-
-// moduleDepends reads "depends=a,b" from a module's .modinfo section.
-func moduleDepends(path string) ([]string, error) {
-	f, err := elf.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("kernel module %s: %w", path, err)
-	}
-	defer f.Close()
-	sec := f.Section(".modinfo")
-	if sec == nil {
-		return nil, nil
-	}
-	b, err := sec.Data()
-	if err != nil {
-		return nil, fmt.Errorf("kernel module %s: %w", path, err)
-	}
-	return parseDepends(b), nil
-}
-
-func parseDepends(modinfo []byte) []string {
-	for _, kv := range bytes.Split(modinfo, []byte{0}) {
-		if v, ok := bytes.CutPrefix(kv, []byte("depends=")); ok {
-			var ds []string
-			for _, d := range strings.Split(string(v), ",") {
-				if d != "" {
-					ds = append(ds, d)
-				}
-			}
-			return ds
-		}
-	}
-	return nil
+	return buf.Bytes(), nil
 }
 
 // newLogger collects mkuimage's messages for an error report.

@@ -5,24 +5,32 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/ember-vmm/ember/guest/proto"
 	"golang.org/x/sys/unix"
 )
 
-const defaultPath = "/bin:/bbin:/usr/bin:/sbin:/usr/sbin:/usr/local/bin"
+const (
+	// defaultPath puts ember's own links (/bin) before u-root's busybox.
+	defaultPath = "/bin:/bbin:/usr/bin:/sbin:/usr/sbin"
+	// bootTimeEnv carries init's CLOCK_BOOTTIME at start (ns) to its
+	// children, for ember-info.
+	bootTimeEnv = "EMBER_INIT_BOOTTIME_NS"
+)
 
 func logf(format string, a ...any) { fmt.Fprintf(os.Stderr, "ember-init: "+format+"\n", a...) }
 
+// initMain is PID 1: it never returns (host.exit ends the VM).
 func initMain() {
 	h := openHost()
+	// First, before anything slow: the host timestamps this milestone.
 	h.mark(proto.MarkInit)
 	bootNS := bootTime()
 
@@ -33,7 +41,8 @@ func initMain() {
 	if os.Getenv("TERM") == "" {
 		os.Setenv("TERM", "linux")
 	}
-	os.Setenv("EMBER_INIT_BOOTTIME_NS", strconv.FormatInt(bootNS, 10))
+	os.Setenv(bootTimeEnv, strconv.FormatInt(bootNS, 10))
+	quietSignals()
 	loadModules(proto.ModulesFile)
 
 	run, err := readRun(proto.RunFile)
@@ -57,26 +66,54 @@ func bootTime() int64 {
 	return ts.Nano()
 }
 
+// quietSignals keeps PID 1 alive: the kernel delivers to init only the
+// signals it handles, and the Go runtime handles all of them, by default
+// exiting (a kernel panic for init). Notify, unlike signal.Ignore, does not
+// leave SIG_IGN behind for the children, so Ctrl-C still works in them.
+func quietSignals() {
+	ch := make(chan os.Signal, 8)
+	signal.Notify(ch, unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT, unix.SIGTSTP,
+		unix.SIGTTIN, unix.SIGTTOU, unix.SIGUSR1, unix.SIGUSR2)
+	go func() {
+		for range ch {
+		}
+	}()
+}
+
 type mnt struct {
 	src, dst, fstype string
 	flags            uintptr
 	data             string
 }
 
-func mountAll(ms []mnt) {
+// mountAll mounts ms in order. A failure is logged and the rest go on: a
+// missing /dev/pts should not stop the command; EBUSY means already there.
+func mountAll(ms []mnt) error {
+	var first error
 	for _, m := range ms {
 		if err := os.MkdirAll(m.dst, 0o755); err != nil {
 			logf("mkdir %s: %v", m.dst, err)
+			first = cmpErr(first, err)
 			continue
 		}
 		if err := unix.Mount(m.src, m.dst, m.fstype, m.flags, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
-			logf("mount %s on %s: %v", m.fstype, m.dst, err)
+			err = fmt.Errorf("mount %s (%s) on %s: %w", m.src, m.fstype, m.dst, err)
+			logf("%v", err)
+			first = cmpErr(first, err)
 		}
 	}
+	return first
+}
+
+func cmpErr(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return err
 }
 
 func mountBasics() {
-	mountAll([]mnt{
+	_ = mountAll([]mnt{
 		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
@@ -86,11 +123,12 @@ func mountBasics() {
 	})
 }
 
-// setConsole points stdio at a fresh /dev/console (the kernel's may be
-// missing if the initramfs lacked /dev/console).
+// setConsole points stdio at a freshly opened /dev/console: the kernel's
+// descriptors are missing when the initramfs has no /dev/console node.
 func setConsole() {
 	f, err := os.OpenFile("/dev/console", os.O_RDWR, 0)
 	if err != nil {
+		logf("open /dev/console: %v", err)
 		return
 	}
 	for _, fd := range []int{0, 1, 2} {
@@ -102,35 +140,43 @@ func setConsole() {
 // loadModules loads the modules listed in path in order; a failure is
 // reported and the boot goes on.
 func loadModules(path string) {
-	names, err := readModuleList(path)
-	if err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			logf("%v", err)
-		}
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
 		return
 	}
+	if err != nil {
+		logf("%v", err)
+		return
+	}
+	names, err := parseModuleList(f)
+	f.Close()
+	if err != nil {
+		logf("%s: %v", path, err)
+	}
 	for _, n := range names {
-		f, err := os.Open(n)
-		if err != nil {
-			logf("module %s: %v", n, err)
-			continue
-		}
-		err = unix.FinitModule(int(f.Fd()), "", 0)
-		f.Close()
-		if err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := loadModule(n); err != nil {
 			logf("module %s: %v", n, err)
 		}
 	}
 }
 
-func readModuleList(path string) ([]string, error) {
+func loadModule(path string) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer f.Close()
+	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	return nil
+}
+
+// parseModuleList reads proto.ModulesFile: one path a line, in load order;
+// blank lines and #-comments are skipped.
+func parseModuleList(r io.Reader) ([]string, error) {
 	var out []string
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		if l := strings.TrimSpace(sc.Text()); l != "" && !strings.HasPrefix(l, "#") {
 			out = append(out, l)
@@ -148,45 +194,95 @@ func readRun(path string) (*proto.Run, error) {
 	if err != nil {
 		return nil, err
 	}
+	r, err := parseRun(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return r, nil
+}
+
+// parseRun decodes and checks a proto.Run.
+func parseRun(b []byte) (*proto.Run, error) {
 	var r proto.Run
 	if err := json.Unmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("%s: %v", path, err)
+		return nil, fmt.Errorf("bad run file (want proto.Run JSON): %w", err)
+	}
+	for _, e := range r.Env {
+		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
+			return nil, fmt.Errorf("env entry %q: want KEY=VALUE", e)
+		}
+	}
+	if n := r.Nested; n != nil {
+		if n.RootTag == "" || n.IOTag == "" {
+			return nil, fmt.Errorf("nested: root_tag and io_tag must be set")
+		}
+		for _, m := range n.Mounts {
+			if m.Tag == "" || !strings.HasPrefix(m.Path, "/") {
+				return nil, fmt.Errorf("nested mount %+v: want a tag and an absolute path", m)
+			}
+		}
 	}
 	return &r, nil
+}
+
+// applyEnv adds KEY=VALUE entries to init's environment, so that a PATH
+// among them also steers the command lookup.
+func applyEnv(env []string) {
+	for _, e := range env {
+		if k, v, ok := strings.Cut(e, "="); ok && k != "" {
+			os.Setenv(k, v)
+		}
+	}
+}
+
+// commandArgs is what init starts: the command, or the shell when there is
+// none (r.Shell, else u-root's gosh if present, else sh).
+func commandArgs(r *proto.Run, look func(string) (string, error)) []string {
+	if len(r.Args) > 0 {
+		return r.Args
+	}
+	if r.Shell != "" {
+		return []string{r.Shell}
+	}
+	if _, err := look("gosh"); err == nil {
+		return []string{"gosh"}
+	}
+	return []string{"sh"}
 }
 
 // runCommand runs the command (or a shell) on the console as a session
 // leader with the console as controlling terminal, reaps orphans while it
 // runs, and returns its exit status.
 func runCommand(r *proto.Run) int {
-	args := r.Args
-	if len(args) == 0 {
-		sh := r.Shell
-		if sh == "" {
-			sh = "gosh"
-			if _, err := exec.LookPath(sh); err != nil {
-				sh = "sh"
-			}
-		}
-		args = []string{sh}
-	}
-	path, err := exec.LookPath(args[0])
+	applyEnv(r.Env)
+	args := commandArgs(r, exec.LookPath)
+	cmd, err := startOnConsole(args, r.Dir)
 	if err != nil {
-		logf("command %q not found in PATH (%s)", args[0], os.Getenv("PATH"))
-		return proto.StatusInitFailed
-	}
-	cmd := exec.Command(path, args[1:]...)
-	cmd.Env = append(os.Environ(), r.Env...)
-	cmd.Dir = r.Dir
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: isTTY(0), Ctty: 0}
-	// PID 1 ignores the terminal's job-control signals itself.
-	signal.Ignore(syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTSTP, syscall.SIGTTOU, syscall.SIGTTIN)
-	if err := cmd.Start(); err != nil {
-		logf("start %s: %v", args[0], err)
+		logf("%v", err)
 		return proto.StatusInitFailed
 	}
 	return waitReaping(cmd.Process.Pid)
+}
+
+// startOnConsole starts args in a new session with stdio on init's
+// console, which becomes the session's controlling terminal (job control
+// in shells needs one).
+func startOnConsole(args []string, dir string) (*exec.Cmd, error) {
+	path, err := exec.LookPath(args[0])
+	if err != nil {
+		return nil, fmt.Errorf("command %q not found in PATH (%s)", args[0], os.Getenv("PATH"))
+	}
+	cmd := exec.Command(path, args[1:]...)
+	cmd.Args[0] = args[0]
+	cmd.Env = os.Environ()
+	cmd.Dir = dir
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	// Ctty names a descriptor of the child: 0 is its stdin.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: isTTY(0), Ctty: 0}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", args[0], err)
+	}
+	return cmd, nil
 }
 
 func isTTY(fd int) bool {
@@ -194,7 +290,8 @@ func isTTY(fd int) bool {
 	return err == nil
 }
 
-// waitReaping waits for pid while reaping every other child, as PID 1 must.
+// waitReaping waits for pid while reaping every other child, as PID 1
+// must; one loop collects all, so no reaper can steal pid's status.
 func waitReaping(pid int) int {
 	for {
 		var ws unix.WaitStatus
@@ -212,7 +309,8 @@ func waitReaping(pid int) int {
 	}
 }
 
-// exitStatus maps a wait status to a shell-style exit status.
+// exitStatus maps a wait status to a shell-style exit status: the code, or
+// 128 plus the signal that killed the process.
 func exitStatus(ws unix.WaitStatus) int {
 	switch {
 	case ws.Exited():
@@ -221,63 +319,4 @@ func exitStatus(ws unix.WaitStatus) int {
 		return 128 + int(ws.Signal())
 	}
 	return proto.StatusInitFailed
-}
-
-// info prints the guest facts ember-info is for.
-func info(w *os.File) error {
-	u := unix.Utsname{}
-	if err := unix.Uname(&u); err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "kernel: %s\n", unix.ByteSliceToString(u.Release[:]))
-	fmt.Fprintf(w, "cpus: %d\n", onlineCPUs())
-	if kb, err := memTotalKB("/proc/meminfo"); err == nil {
-		fmt.Fprintf(w, "memory: %d MiB\n", kb/1024)
-	}
-	ns, _ := strconv.ParseInt(os.Getenv("EMBER_INIT_BOOTTIME_NS"), 10, 64)
-	if ns > 0 {
-		fmt.Fprintf(w, "boot: %d ms to init\n", time.Duration(ns).Milliseconds())
-	}
-	return nil
-}
-
-func onlineCPUs() int {
-	b, err := os.ReadFile("/sys/devices/system/cpu/online")
-	if err != nil {
-		return 0
-	}
-	return countCPUList(strings.TrimSpace(string(b)))
-}
-
-// countCPUList counts a kernel CPU list such as "0-3,6".
-func countCPUList(s string) int {
-	n := 0
-	for _, part := range strings.Split(s, ",") {
-		lo, hi, found := strings.Cut(part, "-")
-		a, err := strconv.Atoi(lo)
-		if err != nil {
-			continue
-		}
-		b := a
-		if found {
-			if b, err = strconv.Atoi(hi); err != nil || b < a {
-				continue
-			}
-		}
-		n += b - a + 1
-	}
-	return n
-}
-
-func memTotalKB(path string) (int, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "MemTotal:" {
-			return strconv.Atoi(f[1])
-		}
-	}
-	return 0, fmt.Errorf("%s: no MemTotal", path)
 }

@@ -1,91 +1,119 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"syscall"
 
 	"github.com/ember-vmm/ember/guest/proto"
 	"golang.org/x/sys/unix"
 )
 
-// nestedMain is init's job as the L1 host of --accel nested: with KVM
-// loaded, it shares the host's root read-only, chroots into it and runs the
-// ember command line it was given, then leaves its exit status in the
-// read-write share for the host.
-func nestedMain(r *proto.Run) int {
-	n := r.Nested
-	if _, err := os.Stat("/dev/kvm"); err != nil {
-		logf("nested: /dev/kvm missing after loading kvm-amd: %v (does the emulated CPU offer SVM?)", err)
-		return proto.StatusInitFailed
+// nestedRoot is where L1 mounts the host's root before chrooting into it.
+const nestedRoot = "/host"
+
+// p9Opts are the 9p mount options of ../shared/nested-kvm.md: virtio
+// transport, the Linux dialect and large messages.
+const p9Opts = "trans=virtio,version=9p2000.L,msize=512000"
+
+// nestedMounts is the L1 mount plan: the host root read-only (cached: it
+// does not change under us), the usual kernel filesystems inside it, a
+// tmpfs over the host's /run (so proto.IOMount needs no directory on the
+// host), the read-write IO share and the extra shares at their host paths.
+func nestedMounts(n *proto.Nested) []mnt {
+	r := nestedRoot
+	ms := []mnt{
+		{n.RootTag, r, "9p", unix.MS_RDONLY, p9Opts + ",cache=loose"},
+		{"proc", r + "/proc", "proc", 0, ""},
+		{"sysfs", r + "/sys", "sysfs", 0, ""},
+		{"devtmpfs", r + "/dev", "devtmpfs", 0, ""},
+		{"devpts", r + "/dev/pts", "devpts", 0, "ptmxmode=666"},
+		{"tmpfs", r + "/tmp", "tmpfs", 0, "mode=1777"},
+		{"tmpfs", r + "/run", "tmpfs", 0, "mode=0755"},
+		{n.IOTag, r + proto.IOMount, "9p", 0, p9Opts},
 	}
-	const root = "/host"
-	p9 := "trans=virtio,version=9p2000.L,msize=512000"
-	mountAll([]mnt{
-		{n.RootTag, root, "9p", unix.MS_RDONLY, p9 + ",cache=loose"},
-		{"proc", root + "/proc", "proc", 0, ""},
-		{"sysfs", root + "/sys", "sysfs", 0, ""},
-		{"devtmpfs", root + "/dev", "devtmpfs", 0, ""},
-		{"devpts", root + "/dev/pts", "devpts", 0, "ptmxmode=666"},
-		{"tmpfs", root + "/tmp", "tmpfs", 0, "mode=1777"},
-		// The host's /run means nothing here; a tmpfs gives the IO share a
-		// mount point without touching the host.
-		{"tmpfs", root + "/run", "tmpfs", 0, "mode=0755"},
-	})
-	io := root + proto.IOMount
-	if err := os.MkdirAll(io, 0o755); err != nil {
-		logf("nested: %v", err)
-		return proto.StatusInitFailed
-	}
-	mountAll([]mnt{{n.IOTag, io, "9p", 0, p9}})
 	for _, m := range n.Mounts {
-		var fl uintptr
-		opts := p9
+		fl, opts := uintptr(0), p9Opts
 		if m.ReadOnly {
-			fl, opts = unix.MS_RDONLY, p9+",cache=loose"
+			fl, opts = unix.MS_RDONLY, p9Opts+",cache=loose"
 		}
-		mountAll([]mnt{{m.Tag, filepath.Join(root, m.Path), "9p", fl, opts}})
+		ms = append(ms, mnt{m.Tag, filepath.Join(r, filepath.Clean(m.Path)), "9p", fl, opts})
 	}
-	if err := unix.Chroot(root); err != nil {
-		logf("nested: chroot: %v", err)
+	return ms
+}
+
+// nestedMain is init's job as the L1 host of --accel nested: it shares the
+// host's root, chroots into it and runs the ember command line it was
+// given on the console, then leaves the exit status in the IO share. The
+// returned status only matters outside QEMU.
+func nestedMain(r *proto.Run) int {
+	if err := mountAll(nestedMounts(r.Nested)); err != nil {
+		// Without the root or IO share nothing can run or report; the host
+		// sees no status file and shows this console output.
+		logf("nested: %v", err)
+	}
+	if err := unix.Chroot(nestedRoot); err != nil {
+		logf("nested: chroot %s: %v", nestedRoot, err)
+		return proto.StatusInitFailed
+	}
+	status := nestedRun(r)
+	if err := writeFileSync(filepath.Join(proto.IOMount, proto.StatusFile), strconv.Itoa(status)+"\n"); err != nil {
+		logf("nested: writing the status: %v", err)
+	}
+	unix.Sync()
+	return status
+}
+
+// nestedRun runs r.Args inside the chroot and returns their exit status.
+func nestedRun(r *proto.Run) int {
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		logf("nested: no /dev/kvm in L1 (kvm-amd did not load; does the emulated CPU offer SVM?): %v", err)
+		return proto.StatusInitFailed
+	}
+	if len(r.Args) == 0 {
+		logf("nested: no command to run")
 		return proto.StatusInitFailed
 	}
 	dir := r.Dir
 	if dir == "" {
 		dir = "/"
 	}
-	if err := os.Chdir(dir); err != nil {
-		logf("nested: %v", err)
-		_ = os.Chdir("/")
+	if _, err := os.Stat(dir); err != nil {
+		logf("nested: working directory: %v", err)
+		return proto.StatusInitFailed
 	}
+	applyEnv(r.Env)
 	rawConsole(0)
-	status := proto.StatusInitFailed
-	if len(r.Args) == 0 {
-		logf("nested: no command")
-	} else if path, err := exec.LookPath(r.Args[0]); err != nil {
+	if err := writeFileSync(filepath.Join(proto.IOMount, proto.StartedFile), ""); err != nil {
 		logf("nested: %v", err)
-	} else {
-		cmd := exec.Command(path, r.Args[1:]...)
-		cmd.Env = append(os.Environ(), r.Env...)
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := cmd.Start(); err != nil {
-			logf("nested: %v", err)
-		} else {
-			status = waitReaping(cmd.Process.Pid)
-		}
 	}
-	if err := os.WriteFile(filepath.Join(proto.IOMount, proto.StatusFile), []byte(strconv.Itoa(status)+"\n"), 0o644); err != nil {
-		logf("nested: writing status: %v", err)
+	cmd, err := startOnConsole(r.Args, dir)
+	if err != nil {
+		logf("nested: %v", err)
+		return proto.StatusInitFailed
 	}
-	unix.Sync()
-	return status
+	return waitReaping(cmd.Process.Pid)
+}
+
+func writeFileSync(path, s string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, werr := f.WriteString(s)
+	serr := f.Sync()
+	cerr := f.Close()
+	if err := errors.Join(werr, serr, cerr); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
 }
 
 // rawConsole stops the L1 console from rewriting the bytes that pass
-// through it (no CR insertion, no echo): the L2 console is already final.
+// through it (no CR insertion, no echo, no signal keys): the inner ember's
+// console stream is already final, and its own terminal handling decides.
 func rawConsole(fd int) {
 	t, err := unix.IoctlGetTermios(fd, unix.TCGETS)
 	if err != nil {
@@ -96,5 +124,6 @@ func rawConsole(fd int) {
 	t.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
 	t.Cflag &^= unix.CSIZE | unix.PARENB
 	t.Cflag |= unix.CS8
+	t.Cc[unix.VMIN], t.Cc[unix.VTIME] = 1, 0
 	_ = unix.IoctlSetTermios(fd, unix.TCSETS, t)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 
@@ -16,10 +17,11 @@ import (
 // itself has no -c); an interactive sh is gosh.
 func shMain(args []string) int {
 	if len(args) == 0 {
-		if gosh, err := lookPath("gosh"); err == nil {
-			err := syscall.Exec(gosh, []string{"gosh"}, os.Environ())
-			fmt.Fprintln(os.Stderr, "sh:", err)
+		gosh, err := exec.LookPath("gosh")
+		if err == nil {
+			err = syscall.Exec(gosh, []string{"gosh"}, os.Environ())
 		}
+		fmt.Fprintln(os.Stderr, "sh: an interactive shell is u-root's gosh:", err)
 		return 127
 	}
 	var src, name string

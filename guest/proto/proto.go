@@ -3,8 +3,9 @@
 // through which it reports back.
 package proto
 
-// I/O ports of ember's control device. The guest writes single bytes
-// (through /dev/port, so no assembly is needed in Go).
+// I/O ports of ember's control device. The guest writes single bytes with
+// the x86 OUT instruction after ioperm(2) (Debian's kernels have no
+// /dev/port).
 const (
 	// PortBase is the first port of the control device.
 	PortBase = 0x0ff0
@@ -81,6 +82,11 @@ const (
 	StatusFile = "status"
 	// ResultFile holds the JSON result of ember inside L1.
 	ResultFile = "result.json"
-	// IOMount is where L1 mounts the IOTag share.
+	// StartedFile is created (empty) by the L1 init just before it starts
+	// the command; the host takes its appearance as the end of L1's boot.
+	StartedFile = "started"
+	// IOMount is where L1 mounts the IOTag share, inside the chroot into the
+	// host's root. L1 mounts a tmpfs over the (read-only, shared) host /run
+	// first, so the host needs no such directory.
 	IOMount = "/run/ember-io"
 )

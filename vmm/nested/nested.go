@@ -1,13 +1,17 @@
 // Package nested runs ember inside an "L1" Linux guest under QEMU's
 // software emulator (TCG), which emulates AMD SVM with nested paging: with
-// kvm-amd loaded there, L1 has a real /dev/kvm. The host's root directory is
-// shared read-only over 9p so the same ember binary, kernels and images run
-// inside; a small read-write share brings the exit status and result back.
+// kvm-amd loaded there, L1 has a real /dev/kvm (../shared/nested-kvm.md).
+// The host's root directory is shared read-only over virtio-9p so the same
+// ember binary, kernels and images run inside; a small read-write share
+// brings the exit status and result back. ember's guest init, seeing
+// proto.Run.Nested, is L1's init.
 package nested
 
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,159 +25,362 @@ import (
 	"time"
 
 	"github.com/ember-vmm/ember/guest/proto"
-	"github.com/ember-vmm/ember/images"
+	"github.com/u-root/u-root/pkg/cpio"
+	"golang.org/x/term"
 )
 
-// QEMUBinary is the emulator ember runs.
+// QEMUBinary is the emulator ember runs when Options.QEMU is empty.
 const QEMUBinary = "qemu-system-x86_64"
+
+// MinMemoryMiB is the least RAM an L1 guest gets: its kernel, the page
+// cache of the shared root and the inner ember need about this much before
+// any L2 guest RAM.
+const MinMemoryMiB = 1536
+
+// 9p mount tags of the two shares every L1 run has.
+const (
+	rootTag = "hostroot"
+	ioTag   = "emberio"
+)
+
+// maxResultSize bounds what is read back from the IO share: L1 is a guest.
+const maxResultSize = 16 << 20
+
+// tailLines is how much of L1's console output a failure report shows.
+const tailLines = 20
+
+// ErrL1Failed is wrapped by Run's error when L1 ended without reporting an
+// exit status (it failed to boot, to load KVM or to mount the shares).
+var ErrL1Failed = errors.New("the L1 guest failed")
 
 // Check reports whether the nested path can run here.
 func Check() error {
 	if _, err := exec.LookPath(QEMUBinary); err != nil {
-		return fmt.Errorf("%s not found: install Debian's qemu-system-x86 package", QEMUBinary)
+		return fmt.Errorf("%s not found: install Debian package qemu-system-x86", QEMUBinary)
 	}
 	return nil
 }
 
 // Options describe one L1 run.
 type Options struct {
-	QEMU      string
-	Kernel    string // L1 bzImage (Debian's generic amd64 flavour: kvm-amd and 9p)
-	Initrd    string // L1 initramfs (images.Cache.L1Initramfs)
-	Args      []string
-	Env       []string
-	Dir       string
-	Mounts    []proto.NestedMount
-	CPUs      int
+	// QEMU is the emulator binary; "" looks up qemu-system-x86_64 in PATH.
+	QEMU string
+	// Kernel is L1's bzImage (Debian's generic amd64 flavour: kvm-amd, 9p).
+	Kernel string
+	// Initrd is L1's initramfs: ember's init at /init and the modules it
+	// lists in proto.ModulesFile. Run appends the run file to a copy.
+	Initrd string
+	// Args is the command run inside L1 (the host's root is L1's root):
+	// normally the absolute path of ember and its arguments.
+	Args []string
+	// Env is added to the command's environment (KEY=VALUE).
+	Env []string
+	// Dir is the working directory inside L1; "" is the current directory.
+	Dir string
+	// Mounts are extra host directories shared at the same path in L1
+	// (the root is already shared whole, read-only). An empty Tag gets one.
+	Mounts []proto.NestedMount
+	// CPUs is L1's vCPU count (default 2: TCG runs one host thread each).
+	CPUs int
+	// MemoryMiB is L1's RAM: the inner guest's RAM plus 768 MiB is right;
+	// at least MinMemoryMiB.
 	MemoryMiB int
-	Stdin     io.Reader
-	Stdout    io.Writer
-	Stderr    io.Writer
-	Log       *slog.Logger
+	// Stdin reaches the L1 console only if it is a terminal; otherwise L1
+	// reads /dev/null.
+	Stdin io.Reader
+	// Stdout receives L1's console as it arrives; nil discards it.
+	Stdout io.Writer
+	// Stderr receives QEMU's own diagnostics; nil discards them.
+	Stderr io.Writer
+	// Log gets progress at debug level (and raises L1's kernel log level).
+	Log *slog.Logger
 }
 
 // Result is what came back from L1.
 type Result struct {
+	// ExitStatus is the command's exit status inside L1.
 	ExitStatus int
+	// ResultJSON is proto.ResultFile if the command wrote one.
 	ResultJSON []byte
-	L1Boot     time.Duration // QEMU start to L1 init reaching the command
-	Wall       time.Duration
+	// L1Boot is from starting QEMU to L1's init starting the command.
+	L1Boot time.Duration
+	// Wall is the whole QEMU run.
+	Wall time.Duration
 }
 
-const (
-	rootTag = "emberroot"
-	ioTag   = "emberio"
-)
-
-// Run boots L1, runs o.Args there and returns their exit status.
+// Run boots L1, runs o.Args there and returns their exit status. On ctx's
+// end QEMU is killed and ctx's error returned. Temporary files are removed
+// in every case.
 func Run(ctx context.Context, o Options) (*Result, error) {
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp("", "ember-nested-")
+	if err != nil {
+		return nil, fmt.Errorf("nested: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	ioDir := filepath.Join(tmp, "io")
+	if err := os.Mkdir(ioDir, 0o755); err != nil {
+		return nil, fmt.Errorf("nested: %w", err)
+	}
+	initrd := filepath.Join(tmp, "l1-initrd.cpio")
+	if err := buildInitrd(o, initrd); err != nil {
+		return nil, err
+	}
+	debug := o.Log.Enabled(ctx, slog.LevelDebug)
+	args := qemuArgs(o, initrd, ioDir, debug)
+	o.Log.Debug("nested: starting L1", "qemu", o.QEMU, "args", strings.Join(args, " "))
+
+	cmd := exec.Command(o.QEMU, args...)
+	// QEMU dies with ember (Pdeathsig) and is killed as a group on cancel.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if f, ok := o.Stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		// QEMU's stdio chardev puts the terminal in raw mode; put it back
+		// even if QEMU is killed.
+		if st, err := term.GetState(int(f.Fd())); err == nil {
+			defer func() { _ = term.Restore(int(f.Fd()), st) }()
+		}
+		cmd.Stdin = f
+	}
+	tail := &tailWriter{max: 16 << 10}
+	cmd.Stdout = io.MultiWriter(o.Stdout, tail)
+	var qerr tailWriter
+	qerr.max = 16 << 10
+	cmd.Stderr = io.MultiWriter(o.Stderr, &qerr)
+	cmd.WaitDelay = 5 * time.Second
+
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("nested: starting %s: %w", o.QEMU, err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+
+	var qemuErr error
+	select {
+	case qemuErr = <-waited:
+	case <-ctx.Done():
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-waited
+		return nil, ctx.Err()
+	}
+	res := &Result{Wall: time.Since(start)}
+	// QEMU's 9p server creates the file on the host, so its mtime is on
+	// the host's clock.
+	if st, err := os.Stat(filepath.Join(ioDir, proto.StartedFile)); err == nil && st.ModTime().After(start) {
+		res.L1Boot = st.ModTime().Sub(start)
+	}
+	o.Log.Debug("nested: L1 ended", "wall", res.Wall, "l1_boot", res.L1Boot, "qemu", qemuErr)
+
+	raw, err := readLimited(filepath.Join(ioDir, proto.StatusFile))
+	if errors.Is(err, os.ErrNotExist) {
+		msg := "ended without reporting an exit status"
+		if qemuErr != nil {
+			msg = fmt.Sprintf("QEMU: %v", qemuErr)
+			if s := strings.TrimSpace(qerr.String()); s != "" {
+				msg += ": " + s
+			}
+		}
+		return nil, fmt.Errorf("nested: %w (%s); last console output:\n%s", ErrL1Failed, msg, lastLines(tail.String(), tailLines))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("nested: %w", err)
+	}
+	if res.ExitStatus, err = parseStatus(raw); err != nil {
+		return nil, fmt.Errorf("nested: %s from L1: %w", proto.StatusFile, err)
+	}
+	if qemuErr != nil {
+		o.Log.Warn("nested: QEMU failed after L1 reported its status", "err", qemuErr)
+	}
+	res.ResultJSON, err = readLimited(filepath.Join(ioDir, proto.ResultFile))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("nested: %w", err)
+	}
+	return res, nil
+}
+
+// withDefaults checks o and fills in its defaults.
+func (o Options) withDefaults() (Options, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	if o.QEMU == "" {
-		o.QEMU = QEMUBinary
+		p, err := exec.LookPath(QEMUBinary)
+		if err != nil {
+			return o, Check()
+		}
+		o.QEMU = p
 	}
-	if o.CPUs == 0 {
+	if o.Kernel == "" || o.Initrd == "" {
+		return o, fmt.Errorf("nested: an L1 kernel and initramfs are required (kernel %q, initrd %q)", o.Kernel, o.Initrd)
+	}
+	if _, err := os.Stat(o.Kernel); err != nil {
+		return o, fmt.Errorf("nested: L1 kernel: %w", err)
+	}
+	if len(o.Args) == 0 {
+		return o, fmt.Errorf("nested: no command to run in L1")
+	}
+	if o.Dir == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return o, fmt.Errorf("nested: working directory: %w", err)
+		}
+		o.Dir = wd
+	}
+	if o.CPUs <= 0 {
 		o.CPUs = 2
 	}
-	if o.MemoryMiB == 0 {
-		o.MemoryMiB = 2048
-	}
+	o.MemoryMiB = max(o.MemoryMiB, MinMemoryMiB)
 	if o.Stdout == nil {
 		o.Stdout = io.Discard
 	}
 	if o.Stderr == nil {
 		o.Stderr = io.Discard
 	}
-	ioDir, err := os.MkdirTemp("", "ember-nested-")
+	mounts := make([]proto.NestedMount, len(o.Mounts))
+	tags := map[string]bool{rootTag: true, ioTag: true}
+	for i, m := range o.Mounts {
+		if m.Tag == "" {
+			m.Tag = "embermnt" + strconv.Itoa(i)
+		}
+		if tags[m.Tag] {
+			return o, fmt.Errorf("nested: mount %s: tag %q used twice", m.Path, m.Tag)
+		}
+		tags[m.Tag] = true
+		if !filepath.IsAbs(m.Path) {
+			return o, fmt.Errorf("nested: mount %q: want an absolute path", m.Path)
+		}
+		if st, err := os.Stat(m.Path); err != nil || !st.IsDir() {
+			return o, fmt.Errorf("nested: mount %q: want an existing directory", m.Path)
+		}
+		mounts[i] = m
+	}
+	o.Mounts = mounts
+	return o, nil
+}
+
+// runFile is what L1's init reads: the command and where the shares are.
+func runFile(o Options) proto.Run {
+	return proto.Run{Args: o.Args, Env: o.Env, Dir: o.Dir,
+		Nested: &proto.Nested{RootTag: rootTag, IOTag: ioTag, Mounts: o.Mounts}}
+}
+
+// runArchive is a newc cpio holding proto.RunFile. The kernel unpacks
+// concatenated archives in order, so appending it to the cached L1 image
+// adds the file without rebuilding the image.
+func runArchive(r proto.Run) ([]byte, error) {
+	b, err := json.Marshal(r)
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(ioDir)
-	initrd, err := buildInitrd(o, filepath.Join(ioDir, ".l1-initrd"))
-	if err != nil {
+	var buf bytes.Buffer
+	w := cpio.Newc.Writer(&buf)
+	rec := cpio.StaticFile(strings.TrimPrefix(proto.RunFile, "/"), string(b), 0o644)
+	if err := cpio.WriteRecordsAndDirs(w, []cpio.Record{rec}); err != nil {
 		return nil, err
 	}
-	args := qemuArgs(o, initrd, ioDir)
-	o.Log.Debug("starting L1", "qemu", o.QEMU, "args", strings.Join(args, " "))
-	cmd := exec.CommandContext(ctx, o.QEMU, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	cmd.Stdin = nil
-	if f, ok := o.Stdin.(*os.File); ok && isTTY(f) {
-		cmd.Stdin = o.Stdin
+	if err := cpio.WriteTrailer(w); err != nil {
+		return nil, err
 	}
-	tailBuf := &tailWriter{max: 4096}
-	cmd.Stdout = io.MultiWriter(o.Stdout, tailBuf)
-	var qerr bytes.Buffer
-	cmd.Stderr = &qerr
-	cmd.WaitDelay = 5 * time.Second
-	start := time.Now()
-	if err := cmd.Run(); err != nil && ctx.Err() == nil {
-		return nil, fmt.Errorf("L1 guest (QEMU): %v: %s", err, strings.TrimSpace(qerr.String()))
-	}
-	if ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	res := &Result{Wall: time.Since(start)}
-	b, err := os.ReadFile(filepath.Join(ioDir, proto.StatusFile))
-	if err != nil {
-		return nil, fmt.Errorf("the L1 guest ended without reporting a status (it failed to boot or to run ember); its last output:\n%s", tailBuf.String())
-	}
-	if res.ExitStatus, err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
-		return nil, fmt.Errorf("L1 status %q: %v", b, err)
-	}
-	res.ResultJSON, _ = os.ReadFile(filepath.Join(ioDir, proto.ResultFile))
-	return res, nil
+	return buf.Bytes(), nil
 }
 
-func isTTY(f *os.File) bool {
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+// buildInitrd writes o.Initrd followed by the run archive to path. The
+// archive starts 4-byte aligned, as the initramfs format requires
+// (Documentation/driver-api/early-userspace/buffer-format.rst).
+func buildInitrd(o Options, path string) error {
+	arch, err := runArchive(runFile(o))
+	if err != nil {
+		return fmt.Errorf("nested: run file: %w", err)
+	}
+	src, err := os.Open(o.Initrd)
+	if err != nil {
+		return fmt.Errorf("nested: L1 initramfs: %w", err)
+	}
+	defer src.Close()
+	dst, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("nested: %w", err)
+	}
+	n, err := io.Copy(dst, src)
+	if err == nil {
+		_, err = dst.Write(append(make([]byte, (4-n%4)%4), arch...))
+	}
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("nested: writing the L1 initramfs: %w", err)
+	}
+	return nil
 }
 
-// buildInitrd appends the run file for L1's init to the L1 image.
-func buildInitrd(o Options, path string) (string, error) {
-	base, err := os.ReadFile(o.Initrd)
-	if err != nil {
-		return "", fmt.Errorf("L1 initramfs: %w", err)
+// qemuArgs is the recipe of nested-kvm.md: TCG with one thread per vCPU,
+// the "max" CPU model (it offers SVM and NPT), no default devices, the
+// serial console on stdio, the host root (read-only) and the IO directory
+// over virtio-9p, then the extra shares.
+func qemuArgs(o Options, initrd, ioDir string, debug bool) []string {
+	cmdline := "console=ttyS0 quiet loglevel=0 panic=-1"
+	if debug {
+		cmdline = "console=ttyS0 loglevel=7 panic=-1"
 	}
-	mounts := o.Mounts
-	run, err := images.RunArchive(proto.Run{Args: o.Args, Env: o.Env, Dir: o.Dir,
-		Nested: &proto.Nested{RootTag: rootTag, IOTag: ioTag, Mounts: mounts}})
-	if err != nil {
-		return "", err
-	}
-	for len(base)%4 != 0 {
-		base = append(base, 0)
-	}
-	return path, os.WriteFile(path, append(base, run...), 0o600)
-}
-
-// qemuArgs is the recipe: TCG with multi-threading, the "max" CPU model
-// (which offers SVM and NPT), no default devices, the serial console on
-// stdio, the host root and the IO directory over virtio-9p.
-func qemuArgs(o Options, initrd, ioDir string) []string {
 	a := []string{
 		"-accel", "tcg,thread=multi", "-cpu", "max",
 		"-smp", strconv.Itoa(o.CPUs), "-m", strconv.Itoa(o.MemoryMiB),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
-		"-kernel", o.Kernel, "-initrd", initrd,
-		"-append", "console=ttyS0 quiet loglevel=1 panic=-1",
-		"-virtfs", "local,path=/,mount_tag=" + rootTag + ",security_model=none,multidevs=remap,readonly=on",
-		"-virtfs", "local,path=" + ioDir + ",mount_tag=" + ioTag + ",security_model=none",
+		"-kernel", o.Kernel, "-initrd", initrd, "-append", cmdline,
+		"-virtfs", virtfs("/", rootTag, true),
+		"-virtfs", virtfs(ioDir, ioTag, false),
 	}
 	for _, m := range o.Mounts {
-		v := "local,path=" + m.Path + ",mount_tag=" + m.Tag + ",security_model=none,multidevs=remap"
-		if m.ReadOnly {
-			v += ",readonly=on"
-		}
-		a = append(a, "-virtfs", v)
+		a = append(a, "-virtfs", virtfs(m.Path, m.Tag, m.ReadOnly))
 	}
 	return a
 }
 
-// tailWriter keeps the last bytes written, for error messages.
+// virtfs is one -virtfs option. multidevs=remap keeps inode numbers unique
+// when the share spans several host filesystems; commas in the path are
+// doubled, QEMU's option escape.
+func virtfs(path, tag string, ro bool) string {
+	s := "local,path=" + strings.ReplaceAll(path, ",", ",,") + ",mount_tag=" + tag +
+		",security_model=none,multidevs=remap"
+	if ro {
+		s += ",readonly=on"
+	}
+	return s
+}
+
+// parseStatus reads StatusFile's decimal exit status.
+func parseStatus(b []byte) (int, error) {
+	s := strings.TrimSpace(string(b))
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 || n > 255 {
+		return 0, fmt.Errorf("%q is not an exit status (want 0-255 in decimal)", s)
+	}
+	return n, nil
+}
+
+// readLimited reads a file L1 wrote, refusing ones over maxResultSize.
+func readLimited(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxResultSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxResultSize {
+		return nil, fmt.Errorf("%s: larger than %d bytes", filepath.Base(path), maxResultSize)
+	}
+	return b, nil
+}
+
+// tailWriter keeps the last max bytes written, for error reports.
 type tailWriter struct {
 	mu  sync.Mutex
 	buf []byte
@@ -182,11 +389,11 @@ type tailWriter struct {
 
 func (t *tailWriter) Write(p []byte) (int, error) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	t.buf = append(t.buf, p...)
 	if len(t.buf) > t.max {
-		t.buf = t.buf[len(t.buf)-t.max:]
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
 	}
-	t.mu.Unlock()
 	return len(p), nil
 }
 
@@ -194,4 +401,15 @@ func (t *tailWriter) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.buf)
+}
+
+// lastLines is the last n lines of s, without carriage returns (the
+// serial console writes CRLF).
+func lastLines(s string, n int) string {
+	s = strings.TrimRight(strings.ReplaceAll(s, "\r", ""), "\n")
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

@@ -1,0 +1,501 @@
+package images
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/ember-vmm/ember/guest/proto"
+	"github.com/pierrec/lz4/v4"
+	"github.com/u-root/u-root/pkg/cpio"
+)
+
+func readAll(t *testing.T, r cpio.Record) []byte {
+	t.Helper()
+	b, err := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// arMember is one ar(5) member header (60 bytes) plus data and padding.
+func arMember(name string, data []byte) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "%-16s%-12d%-6d%-6d%-8o%-10d`\n", name, 0, 0, 0, 0o100644, len(data))
+	b.Write(data)
+	if len(data)%2 == 1 {
+		b.WriteByte('\n')
+	}
+	return b.Bytes()
+}
+
+func arArchive(members ...[]byte) []byte {
+	b := []byte(arMagic)
+	for _, m := range members {
+		b = append(b, m...)
+	}
+	return b
+}
+
+func TestArHeaderLayout(t *testing.T) {
+	m := arMember("debian-binary", []byte("2.0\n"))
+	if len(m) != arHeaderSize+4 {
+		t.Fatalf("member is %d bytes, want %d", len(m), arHeaderSize+4)
+	}
+	if got := string(m[arSizeOff : arSizeOff+arSizeLen]); strings.TrimSpace(got) != "4" {
+		t.Errorf("size field %q", got)
+	}
+	if got := string(m[arFmagOff : arFmagOff+2]); got != arFmag {
+		t.Errorf("fmag %q", got)
+	}
+}
+
+func TestArReader(t *testing.T) {
+	odd := []byte("odd")
+	tests := []struct {
+		name    string
+		in      []byte
+		want    []string // name=content
+		wantErr bool
+	}{
+		{"deb", arArchive(arMember("debian-binary", []byte("2.0\n")), arMember("control.tar.xz/", odd), arMember("data.tar.xz", []byte("xy"))),
+			[]string{"debian-binary=2.0\n", "control.tar.xz=odd", "data.tar.xz=xy"}, false},
+		{"empty", arArchive(), nil, false},
+		{"bad magic", []byte("!<arch>X"), nil, true},
+		{"truncated header", append([]byte(arMagic), "debian-binary"...), nil, true},
+		{"truncated data", arArchive(arMember("a", []byte("12345")))[:len(arMagic)+arHeaderSize+2], []string{"a=12"}, true},
+		{"bad fmag", bytes.Replace(arArchive(arMember("a", nil)), []byte("`\n"), []byte("xx"), 1), nil, true},
+		{"bad size", bytes.Replace(arArchive(arMember("a", nil)), []byte("0         `"), []byte("-1        `"), 1), nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []string
+			a, err := newArReader(bytes.NewReader(tt.in))
+			for err == nil {
+				var name string
+				if name, _, err = a.Next(); err != nil {
+					break
+				}
+				var b []byte
+				b, err = io.ReadAll(a)
+				got = append(got, name+"="+string(b))
+			}
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
+			if (err != nil) != tt.wantErr {
+				t.Errorf("err = %v, wantErr %v", err, tt.wantErr)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("members = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// bzImage builds a minimal bzImage: boot sector, setupSects of setup code,
+// then the payload after a gap of payloadOff bytes.
+func bzImage(setupSects byte, payloadOff uint32, payload []byte) []byte {
+	sects := int(setupSects)
+	if sects == 0 {
+		sects = 4
+	}
+	b := make([]byte, (sects+1)*512+int(payloadOff)+len(payload))
+	b[hdrSetupSects] = setupSects
+	copy(b[hdrMagic:], "HdrS")
+	binary.LittleEndian.PutUint16(b[hdrVersion:], 0x20f)
+	binary.LittleEndian.PutUint32(b[hdrPayloadOffset:], payloadOff)
+	binary.LittleEndian.PutUint32(b[hdrPayloadLength:], uint32(len(payload)))
+	copy(b[(sects+1)*512+int(payloadOff):], payload)
+	return b
+}
+
+func gzipped(b []byte) []byte {
+	var buf bytes.Buffer
+	w := gzip.NewWriter(&buf)
+	w.Write(b)
+	w.Close()
+	return buf.Bytes()
+}
+
+// legacyLZ4 frames b the way the kernel build does (lz4 -l, then the
+// uncompressed size appended).
+func legacyLZ4(t *testing.T, b []byte) []byte {
+	out := slices.Clone(magicLZ4)
+	for len(b) > 0 {
+		n := min(len(b), lz4LegacyBlock)
+		dst := make([]byte, lz4.CompressBlockBound(n))
+		m, err := lz4.CompressBlock(b[:n], dst, nil)
+		if err != nil || m == 0 {
+			t.Fatalf("lz4: %d, %v", m, err)
+		}
+		out = binary.LittleEndian.AppendUint32(out, uint32(m))
+		out = append(out, dst[:m]...)
+		b = b[n:]
+	}
+	return binary.LittleEndian.AppendUint32(out, 12345678)
+}
+
+func TestSetupHeaderOffsets(t *testing.T) {
+	// Documentation/arch/x86/boot.rst, "The Real-Mode Kernel Header".
+	for name, got := range map[string]int{"setup_sects": hdrSetupSects, "header": hdrMagic, "version": hdrVersion,
+		"payload_offset": hdrPayloadOffset, "payload_length": hdrPayloadLength} {
+		want := map[string]int{"setup_sects": 0x1f1, "header": 0x202, "version": 0x206, "payload_offset": 0x248, "payload_length": 0x24c}[name]
+		if got != want {
+			t.Errorf("%s at %#x, want %#x", name, got, want)
+		}
+	}
+}
+
+func TestExtractVmlinux(t *testing.T) {
+	elfBody := append(slices.Clone(magicELF), bytes.Repeat([]byte("kernel text "), 5000)...)
+	big := append(slices.Clone(magicELF), bytes.Repeat([]byte{1, 2, 3, 4, 5, 6, 7}, 2*lz4LegacyBlock/7)...)
+	tests := []struct {
+		name    string
+		bz      []byte
+		want    []byte
+		wantErr string
+	}{
+		{"gzip", bzImage(27, 0x3c0, append(gzipped(elfBody), 1, 2, 3, 4)), elfBody, ""},
+		{"gzip setup_sects 0", bzImage(0, 0, gzipped(elfBody)), elfBody, ""},
+		{"lz4 legacy", bzImage(30, 0x100, legacyLZ4(t, elfBody)), elfBody, ""},
+		{"lz4 legacy, two blocks", bzImage(30, 0x100, legacyLZ4(t, big)), big, ""},
+		{"plain ELF", bzImage(4, 0, elfBody), elfBody, ""},
+		{"not ELF", bzImage(4, 0, gzipped([]byte("MZ not an elf"))), nil, "not an ELF"},
+		{"unknown method", bzImage(4, 0, []byte("BZh9xxxx")), nil, "unsupported method"},
+		{"too short", []byte("HdrS"), nil, "not a bzImage"},
+		{"payload outside", func() []byte { b := bzImage(4, 0, gzipped(elfBody)); return b[:len(b)-10] }(), nil, "outside"},
+		{"old protocol", func() []byte {
+			b := bzImage(4, 0, gzipped(elfBody))
+			binary.LittleEndian.PutUint16(b[hdrVersion:], 0x206)
+			return b
+		}(), nil, "2.08+"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := ExtractVmlinux(context.Background(), tt.bz, &out)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(out.Bytes(), tt.want) {
+				t.Errorf("got %d bytes, want %d", out.Len(), len(tt.want))
+			}
+		})
+	}
+}
+
+func TestRunArchive(t *testing.T) {
+	want := proto.Run{Args: []string{"sh", "-c", "echo hi"}, Env: []string{"A=b"}, Dir: "/tmp",
+		Nested: &proto.Nested{RootTag: "root", IOTag: "io"}}
+	b, err := RunArchive(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b)%4 != 0 {
+		t.Errorf("archive is %d bytes; newc pads to 4", len(b))
+	}
+	rr, _ := cpio.Format("newc")
+	recs, err := cpio.ReadAllRecords(rr.Reader(bytes.NewReader(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got proto.Run
+	var names []string
+	for _, r := range recs {
+		names = append(names, r.Name)
+		if "/"+r.Name == proto.RunFile {
+			if err := json.Unmarshal(readAll(t, r), &got); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("round trip: %+v, want %+v (records %q)", got, want, names)
+	}
+	// Parent directories come first so the kernel can create the file.
+	if !slices.Equal(names, []string{"etc", "etc/ember", "etc/ember/run.json"}) {
+		t.Errorf("records %q", names)
+	}
+}
+
+func TestModulesDep(t *testing.T) {
+	const dep = `kernel/fs/9p/9p.ko: kernel/fs/fscache/fscache.ko kernel/net/9p/9pnet.ko kernel/fs/netfs/netfs.ko
+kernel/fs/fscache/fscache.ko: kernel/fs/netfs/netfs.ko
+kernel/fs/netfs/netfs.ko:
+kernel/net/9p/9pnet.ko:
+kernel/net/9p/9pnet_virtio.ko: kernel/drivers/virtio/virtio_ring.ko.xz kernel/net/9p/9pnet.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/virtio/virtio.ko:
+kernel/drivers/virtio/virtio_ring.ko.xz: kernel/drivers/virtio/virtio.ko
+kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+`
+	g, err := parseModulesDep(strings.NewReader(dep))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		wanted   []string
+		required bool
+		want     []string
+		wantErr  bool
+	}{
+		{[]string{"fs/9p/9p.ko"}, true, []string{"kernel/fs/netfs/netfs.ko", "kernel/net/9p/9pnet.ko", "kernel/fs/fscache/fscache.ko", "kernel/fs/9p/9p.ko"}, false},
+		{[]string{"net/9p/9pnet_virtio.ko", "fs/9p/9p.ko"}, true, []string{"kernel/drivers/virtio/virtio.ko", "kernel/net/9p/9pnet.ko", "kernel/drivers/virtio/virtio_ring.ko", "kernel/net/9p/9pnet_virtio.ko", "kernel/fs/netfs/netfs.ko", "kernel/fs/fscache/fscache.ko", "kernel/fs/9p/9p.ko"}, false},
+		{[]string{"drivers/char/hw_random/virtio_rng.ko"}, true, []string{"kernel/drivers/virtio/virtio.ko", "kernel/drivers/virtio/virtio_ring.ko", "kernel/drivers/char/hw_random/virtio-rng.ko"}, false},
+		{[]string{"missing.ko", "fs/netfs/netfs.ko"}, false, []string{"kernel/fs/netfs/netfs.ko"}, false},
+		{[]string{"missing.ko"}, true, nil, true},
+	}
+	for _, tt := range tests {
+		got, err := g.resolve(tt.wanted, tt.required)
+		if (err != nil) != tt.wantErr || !slices.Equal(got, tt.want) {
+			t.Errorf("resolve(%q) = %q, %v; want %q (err %v)", tt.wanted, got, err, tt.want, tt.wantErr)
+		}
+	}
+	// Written and read back, the graph is the same.
+	var buf bytes.Buffer
+	if err := writeModulesDep(&buf, g); err != nil {
+		t.Fatal(err)
+	}
+	g2, err := parseModulesDep(&buf)
+	if err != nil || !reflect.DeepEqual(g, g2) {
+		t.Errorf("round trip: %v, %v", g2, err)
+	}
+	for _, bad := range []string{"no colon here", ": dep.ko", "a b.ko: c.ko"} {
+		if _, err := parseModulesDep(strings.NewReader(bad)); err == nil {
+			t.Errorf("parseModulesDep(%q) succeeded", bad)
+		}
+	}
+	cyc, _ := parseModulesDep(strings.NewReader("a.ko: b.ko\nb.ko: a.ko\n"))
+	if _, err := cyc.resolve([]string{"a.ko"}, true); err == nil {
+		t.Error("dependency cycle not reported")
+	}
+	dangling, _ := parseModulesDep(strings.NewReader("a.ko: b.ko\n"))
+	if _, err := dangling.resolve([]string{"a.ko"}, true); err == nil {
+		t.Error("dependency missing from modules.dep not reported")
+	}
+}
+
+func TestDepGraphFromModinfo(t *testing.T) {
+	direct := map[string][]string{
+		"kernel/arch/x86/kvm/kvm-amd.ko":    {"kvm", "ccp"},
+		"kernel/arch/x86/kvm/kvm.ko":        {"irqbypass"},
+		"kernel/virt/lib/irqbypass.ko":      nil,
+		"kernel/drivers/crypto/ccp/ccp.ko":  nil,
+		"kernel/drivers/virtio/virtio_x.ko": {"kvm_amd"},
+	}
+	g, err := depGraphFromModinfo(direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"kernel/drivers/crypto/ccp/ccp.ko", "kernel/virt/lib/irqbypass.ko", "kernel/arch/x86/kvm/kvm.ko"}
+	// modules.dep lists them last-loaded first; reversed they are a load order.
+	got := slices.Clone(g["kernel/arch/x86/kvm/kvm-amd.ko"])
+	slices.Reverse(got)
+	if !slices.Equal(got, []string{"kernel/virt/lib/irqbypass.ko", "kernel/arch/x86/kvm/kvm.ko", "kernel/drivers/crypto/ccp/ccp.ko"}) {
+		t.Errorf("kvm-amd deps %q", got)
+	}
+	order, err := g.resolve([]string{"kvm-amd.ko"}, true)
+	if err != nil || len(order) != 4 || order[3] != "kernel/arch/x86/kvm/kvm-amd.ko" {
+		t.Errorf("resolve = %q, %v", order, err)
+	}
+	for _, m := range want {
+		if slices.Index(order, m) > slices.Index(order, "kernel/arch/x86/kvm/kvm-amd.ko") {
+			t.Errorf("%s loads after kvm-amd: %q", m, order)
+		}
+	}
+	if slices.Index(order, "kernel/virt/lib/irqbypass.ko") > slices.Index(order, "kernel/arch/x86/kvm/kvm.ko") {
+		t.Errorf("irqbypass after kvm: %q", order)
+	}
+	if _, err := depGraphFromModinfo(map[string][]string{"kernel/a.ko": {"nothere"}}); err == nil {
+		t.Error("missing dependency not reported")
+	}
+}
+
+func TestModName(t *testing.T) {
+	for in, want := range map[string]string{"kernel/arch/x86/kvm/kvm-amd.ko": "kvm_amd", "virtio-rng.ko.xz": "virtio_rng", "9p.ko": "9p", "x/y.ko.zst": "y"} {
+		if got := modName(in); got != want {
+			t.Errorf("modName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestParseDepends(t *testing.T) {
+	out := []byte("linux-image-amd64\n  Depends: linux-image-6.1.0-56-amd64\n  Recommends: firmware-linux\n")
+	if v, err := parseDepends(out, "amd64", "linux-image-amd64"); err != nil || v != "6.1.0-56-amd64" {
+		t.Errorf("= %q, %v", v, err)
+	}
+	// The cloud metapackage's dependency must not match the generic flavour.
+	out = []byte("linux-image-cloud-amd64\n  Depends: linux-image-6.1.0-56-cloud-amd64\n")
+	if v, err := parseDepends(out, "amd64", "linux-image-amd64"); err == nil {
+		t.Errorf("= %q for the wrong flavour", v)
+	}
+	if _, err := parseDepends(nil, "amd64", "linux-image-amd64"); err == nil || !strings.Contains(err.Error(), "apt-get update") {
+		t.Errorf("err = %v, want a hint to run apt-get update", err)
+	}
+}
+
+func TestCacheKeyStable(t *testing.T) {
+	k := initramfsKey([]byte("init"), "6.1.0-56-amd64", []string{"kernel/a.ko"}, "v0.14.0", []string{"ls"})
+	// Pinned: a change here rebuilds every user's cached image, so it must
+	// be deliberate (bump builderVersion instead of changing the hashing).
+	if k != initramfsKey([]byte("init"), "6.1.0-56-amd64", []string{"kernel/a.ko"}, "v0.14.0", []string{"ls"}) {
+		t.Fatal("key differs between calls")
+	}
+	for _, other := range []string{
+		initramfsKey([]byte("init2"), "6.1.0-56-amd64", []string{"kernel/a.ko"}, "v0.14.0", []string{"ls"}),
+		initramfsKey([]byte("init"), "6.1.0-57-amd64", []string{"kernel/a.ko"}, "v0.14.0", []string{"ls"}),
+		initramfsKey([]byte("init"), "6.1.0-56-amd64", []string{"kernel/a.ko", "kernel/b.ko"}, "v0.14.0", []string{"ls"}),
+		initramfsKey([]byte("init"), "6.1.0-56-amd64", []string{"kernel/a.ko"}, "v0.15.0", []string{"ls"}),
+		initramfsKey([]byte("init"), "6.1.0-56-amd64", []string{"kernel/a.ko"}, "v0.14.0", []string{"ls", "cat"}),
+	} {
+		if other == k {
+			t.Errorf("different inputs share key %s", k)
+		}
+	}
+	// Length-prefixed parts: moving bytes between parts changes the key.
+	if hashOf([]byte("ab"), []byte("c")) == hashOf([]byte("a"), []byte("bc")) {
+		t.Error("hashOf is ambiguous")
+	}
+	if got := hashOf([]byte("x")); got != "553f121d1ecef2a1" {
+		t.Errorf("hashOf(x) = %s; the cache key scheme changed", got)
+	}
+}
+
+func TestCleanTarPath(t *testing.T) {
+	for in, want := range map[string]string{"./boot/vmlinuz-1": "boot/vmlinuz-1", "../../etc/passwd": "etc/passwd", "/lib/modules/x/../../../y": "y", "./": ""} {
+		if got := cleanTarPath(in); got != want {
+			t.Errorf("cleanTarPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// syntheticDeb is a kernel package without modules.
+func syntheticDeb(t *testing.T, version string, files map[string]string) string {
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	for name, body := range files {
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg})
+		tw.Write([]byte(body))
+	}
+	tw.WriteHeader(&tar.Header{Name: "./lib/modules/" + version + "/", Mode: 0o755, Typeflag: tar.TypeDir})
+	tw.Close()
+	deb := arArchive(arMember("debian-binary", []byte("2.0\n")), arMember("control.tar.gz", gzipped(nil)), arMember("data.tar.gz", gzipped(tb.Bytes())))
+	p := filepath.Join(t.TempDir(), "k.deb")
+	if err := os.WriteFile(p, deb, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestExtractKernelAndCacheEntry(t *testing.T) {
+	const v = "6.1.0-99-test"
+	deb := syntheticDeb(t, v, map[string]string{
+		"./boot/vmlinuz-" + v:                   "bzimage",
+		"./boot/config-" + v:                    "CONFIG_PVH=y\n",
+		"./boot/System.map-" + v:                "not extracted",
+		"./lib/modules/" + v + "/modules.order": "",
+		"./usr/share/doc/x/changelog":           "not extracted",
+	})
+	c := &Cache{Dir: t.TempDir()}
+	dir := filepath.Join(c.Dir, "kernels", v)
+	m, err := extractKernel(deb, v, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Flavour = "test"
+	b, _ := json.Marshal(m)
+	os.WriteFile(filepath.Join(dir, "kernel.json"), b, 0o644)
+	k, err := c.kernelAt("test", v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(k.Path); string(got) != "bzimage" {
+		t.Errorf("vmlinuz = %q", got)
+	}
+	for _, f := range []string{k.Config, filepath.Join(k.ModulesDir, "modules.dep"), filepath.Join(k.ModulesDir, "modules.order")} {
+		if _, err := os.Stat(f); err != nil {
+			t.Error(err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "System.map")); err == nil {
+		t.Error("extracted more than needed")
+	}
+	// A damaged file makes the entry unusable, so Kernel fetches again.
+	os.WriteFile(k.Path, []byte("bzimag"), 0o644)
+	if _, err := c.kernelAt("test", v); err == nil {
+		t.Error("truncated vmlinuz not noticed")
+	}
+	for _, bad := range []string{"", "..", "a/b"} {
+		if _, err := c.kernelAt("test", bad); err == nil {
+			t.Errorf("kernelAt(%q) succeeded", bad)
+		}
+	}
+	// A package without the kernel is an error naming what is missing.
+	deb = syntheticDeb(t, v, map[string]string{"./boot/config-" + v: "x"})
+	if _, err := extractKernel(deb, v, t.TempDir()); err == nil || !strings.Contains(err.Error(), "vmlinuz") {
+		t.Errorf("err = %v, want one naming vmlinuz", err)
+	}
+}
+
+func TestKernelRejectsUnknownFlavour(t *testing.T) {
+	c := &Cache{Dir: t.TempDir()}
+	if _, err := ResolveKernel(context.Background(), c, "debian:arm64"); err == nil || !strings.Contains(err.Error(), "arm64") {
+		t.Errorf("err = %v", err)
+	}
+	if _, err := ResolveKernel(context.Background(), c, "/boot/vmlinuz"); err == nil {
+		t.Error("a path is not a debian: spec")
+	}
+}
+
+func TestDecompressModule(t *testing.T) {
+	name, b, err := decompressModule("kernel/a.ko.gz", gzipped([]byte("\x7fELF")))
+	if err != nil || name != "kernel/a.ko" || string(b) != "\x7fELF" {
+		t.Errorf("= %q, %q, %v", name, b, err)
+	}
+	if _, _, err := decompressModule("kernel/a.ko.gz", []byte("junk")); err == nil {
+		t.Error("bad gzip accepted")
+	}
+	if _, _, err := decompressModule("kernel/a.txt", nil); err == nil {
+		t.Error("non-module accepted")
+	}
+}
+
+func TestLock(t *testing.T) {
+	c := &Cache{Dir: t.TempDir()}
+	unlock, err := c.lock(context.Background(), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second holder (another open file description, like another
+	// process) waits until the context ends.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := c.lock(ctx, "x"); !errors.Is(err, context.Canceled) {
+		t.Errorf("second lock: %v, want context.Canceled", err)
+	}
+	unlock()
+	unlock2, err := c.lock(ctx, "x")
+	if err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	unlock2()
+}
