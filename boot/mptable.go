@@ -2,23 +2,45 @@ package boot
 
 import (
 	"encoding/binary"
+	"fmt"
 
 	"github.com/ember-vmm/ember/vmm/memory"
 )
 
 // MP table (Intel MultiProcessor Specification 1.4, chapter 4): a floating
-// pointer and a configuration table listing every CPU, the ISA bus, the
-// I/O APIC and how ISA interrupts reach it (identity, as KVM routes them).
+// pointer (§4.1) in the last KiB of base memory, where Linux scans for it,
+// and a configuration table (§4.2-4.3) listing every CPU, the ISA bus, the
+// I/O APIC and how ISA interrupts reach it (identity, as KVM's default GSI
+// routing wires them). The table for 254 CPUs is over 5 KiB, so it lives at
+// AddrMPConfig rather than right after the pointer.
 const (
-	mpFloatSize   = 16
-	mpHeaderSize  = 44
-	mpCPUSize     = 20
-	mpEntrySize   = 8
-	mpSpecRev     = 4
-	apicVersion   = 0x14
-	ioapicVersion = 0x11
+	mpFloatSize  = 16
+	mpHeaderSize = 44
+	mpCPUSize    = 20
+	mpEntrySize  = 8
+	mpSpecRev    = 4 // version 1.4
+
+	// Entry types (§4.3, Table 4-3).
+	mpProcessor = 0
+	mpBus       = 1
+	mpIOAPIC    = 2
+	mpIOIntr    = 3
+	mpLocalIntr = 4
+	// Interrupt types (Table 4-10).
+	mpIntINT    = 0
+	mpIntNMI    = 1
+	mpIntExtINT = 3
+	// Processor flags (Table 4-5).
+	mpCPUEnabled = 1 << 0
+	mpCPUBSP     = 1 << 1
+
+	apicVersion   = 0x14 // KVM's local APIC
+	ioapicVersion = 0x11 // KVM's I/O APIC
+	isaIRQs       = 16
+	allLAPICs     = 0xff
 )
 
+// checksum returns the byte that makes b (with that byte zero) sum to 0.
 func checksum(b []byte) byte {
 	var s byte
 	for _, c := range b {
@@ -29,52 +51,49 @@ func checksum(b []byte) byte {
 
 func writeMPTable(m *memory.Memory, cpus int) error {
 	ioapicID := byte(cpus)
-	var t []byte
-	put := func(b ...byte) { t = append(t, b...) }
-	le16 := func(v uint16) []byte { return binary.LittleEndian.AppendUint16(nil, v) }
-	le32 := func(v uint32) []byte { return binary.LittleEndian.AppendUint32(nil, v) }
-
-	t = make([]byte, mpHeaderSize)
+	le := binary.LittleEndian
+	t := make([]byte, mpHeaderSize, mpHeaderSize+cpus*mpCPUSize+(2+isaIRQs+2)*mpEntrySize)
 	for i := 0; i < cpus; i++ {
-		flags := byte(1) // enabled
+		flags := byte(mpCPUEnabled)
 		if i == 0 {
-			flags |= 2 // bootstrap processor
+			flags |= mpCPUBSP
 		}
-		put(0, byte(i), apicVersion, flags)
-		put(le32(0x600)...) // signature: family 6
-		put(le32(0x201)...) // features: FPU, APIC
-		put(make([]byte, 8)...)
+		t = append(t, mpProcessor, byte(i), apicVersion, flags)
+		t = le.AppendUint32(t, 0x600) // CPU signature: family 6
+		t = le.AppendUint32(t, 0x201) // feature flags: FPU, APIC
+		t = append(t, make([]byte, 8)...)
 	}
-	put(1, 0, 'I', 'S', 'A', ' ', ' ', ' ')
-	put(2, ioapicID, ioapicVersion, 1)
-	put(le32(IOAPICAddr)...)
-	for irq := byte(0); irq < 16; irq++ {
-		typ := byte(0) // INT
-		put(3, typ)
-		put(le16(0)...) // polarity/trigger: conform to the bus (ISA: edge, high)
-		put(0, irq, ioapicID, irq)
+	t = append(t, mpBus, 0, 'I', 'S', 'A', ' ', ' ', ' ')
+	t = append(t, mpIOAPIC, ioapicID, ioapicVersion, 1) // enabled
+	t = le.AppendUint32(t, IOAPICAddr)
+	for irq := byte(0); irq < isaIRQs; irq++ {
+		// Flags 0: polarity and trigger conform to the bus (ISA: edge, high).
+		t = append(t, mpIOIntr, mpIntINT, 0, 0, 0, irq, ioapicID, irq)
 	}
-	put(4, 3, 0, 0, 0, 0, 0xff, 0) // ExtINT → LINT0 of all
-	put(4, 1, 0, 0, 0, 0, 0xff, 1) // NMI → LINT1 of all
+	t = append(t, mpLocalIntr, mpIntExtINT, 0, 0, 0, 0, allLAPICs, 0) // → LINT0
+	t = append(t, mpLocalIntr, mpIntNMI, 0, 0, 0, 0, allLAPICs, 1)    // → LINT1
 
 	copy(t[0:4], "PCMP")
-	binary.LittleEndian.PutUint16(t[4:], uint16(len(t)))
+	le.PutUint16(t[4:], uint16(len(t)))
 	t[6] = mpSpecRev
 	copy(t[8:16], "EMBER   ")
 	copy(t[16:28], "MICROVM     ")
-	binary.LittleEndian.PutUint16(t[34:], uint16(cpus+1+1+16+2))
-	binary.LittleEndian.PutUint32(t[36:], LAPICAddr)
+	le.PutUint16(t[34:], uint16(cpus+1+1+isaIRQs+2))
+	le.PutUint32(t[36:], LAPICAddr)
 	t[7] = checksum(t)
+	if AddrMPConfig+len(t) > HighMemStart {
+		return fmt.Errorf("MP configuration table of %d bytes does not fit below 1 MiB", len(t))
+	}
 
 	f := make([]byte, mpFloatSize)
 	copy(f[0:4], "_MP_")
-	binary.LittleEndian.PutUint32(f[4:], AddrMP+mpFloatSize)
+	le.PutUint32(f[4:], AddrMPConfig)
 	f[8] = 1 // length in 16-byte units
 	f[9] = mpSpecRev
 	f[10] = checksum(f)
 	if _, err := m.WriteAt(f, AddrMP); err != nil {
 		return err
 	}
-	_, err := m.WriteAt(t, AddrMP+mpFloatSize)
+	_, err := m.WriteAt(t, AddrMPConfig)
 	return err
 }

@@ -52,6 +52,15 @@ func TestVMGenericKernelSMPAndMemory(t *testing.T) {
 	}
 }
 
+func TestVMCloudKernelSMP(t *testing.T) {
+	needVM(t)
+	// The cloud flavour has no MP-table parser: its CPUs come from the ACPI
+	// MADT, and its console IRQ from the DSDT.
+	r := ember(t, bootLimit, vmArgs("--cpus", "2", "--", "ember-info")...)
+	wantCode(t, r, 0)
+	wantOut(t, r, "cpus: 2")
+}
+
 func TestVMPVH(t *testing.T) {
 	needVM(t)
 	for _, fl := range []string{"cloud-amd64", "amd64"} {

@@ -48,9 +48,10 @@ const (
 	com1IRQ  = 4
 	tssAddr  = 0xfffb_d000
 	// BaseCmdline is what every guest gets before the user's additions:
-	// the serial console, reboot through the i8042 (which ends the VM), and
-	// an immediate reboot on panic so a panicking guest ends promptly.
-	BaseCmdline = "console=ttyS0 reboot=k panic=-1 acpi=off pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+	// the serial console, reboot through the i8042 (which ends the VM), an
+	// immediate reboot on panic so a panicking guest ends promptly, and no
+	// PCI probing (there is no PCI bus; probing only costs exits).
+	BaseCmdline = "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
 )
 
 // Machine is one VM. New prepares it, Run executes it once, Close frees it.
@@ -149,10 +150,10 @@ func New(cfg Config) (m *Machine, err error) {
 	}
 	m.entry, err = boot.Load(boot.Params{
 		Kernel: kernel, KernelPath: cfg.Kernel, Initrd: initrd, Cmdline: cmdline,
-		CPUs: cfg.CPUs, Mem: m.mem,
+		CPUs: cfg.CPUs, Mem: m.mem, ACPI: true, AML: com1AML,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("kernel %s: %w", cfg.Kernel, err)
+		return nil, err
 	}
 
 	if err := m.attachDevices(); err != nil {

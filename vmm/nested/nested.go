@@ -239,6 +239,13 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Stderr == nil {
 		o.Stderr = io.Discard
 	}
+	need := []string{o.Dir}
+	for _, a := range o.Args {
+		if st, err := os.Stat(a); filepath.IsAbs(a) && err == nil && !st.IsDir() {
+			need = append(need, filepath.Dir(a))
+		}
+	}
+	o.Mounts = append(o.Mounts, overlaidPaths(o.Mounts, need...)...)
 	mounts := make([]proto.NestedMount, len(o.Mounts))
 	tags := map[string]bool{rootTag: true, ioTag: true}
 	for i, m := range o.Mounts {
@@ -259,6 +266,38 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	o.Mounts = mounts
 	return o, nil
+}
+
+// l1Overlays are the host directories L1 covers with its own tmpfs.
+var l1Overlays = []string{"/tmp", "/run"}
+
+// overlaidPaths returns read-only shares for the paths (the working
+// directory, the program's directory) that L1's tmpfs mounts would hide,
+// such as a checkout under /tmp, unless an existing mount covers them.
+func overlaidPaths(have []proto.NestedMount, paths ...string) []proto.NestedMount {
+	var out []proto.NestedMount
+	covered := func(p string) bool {
+		for _, m := range append(append([]proto.NestedMount{}, have...), out...) {
+			if p == m.Path || strings.HasPrefix(p, m.Path+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	for _, p := range paths {
+		p = filepath.Clean(p)
+		hidden := false
+		for _, o := range l1Overlays {
+			hidden = hidden || p == o || strings.HasPrefix(p, o+"/")
+		}
+		if !hidden || covered(p) || !filepath.IsAbs(p) {
+			continue
+		}
+		if st, err := os.Stat(p); err == nil && st.IsDir() {
+			out = append(out, proto.NestedMount{Path: p, ReadOnly: true, Tag: "emberhidden" + strconv.Itoa(len(have)+len(out))})
+		}
+	}
+	return out
 }
 
 // runFile is what L1's init reads: the command and where the shares are.
