@@ -124,10 +124,6 @@ func runVM(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 			return fmt.Errorf("terminal raw mode: %w", err)
 		}
 		defer term.Restore(int(os.Stdin.Fd()), old)
-		var cancel func()
-		ctx, cancel = withCancel(ctx)
-		defer cancel()
-		stdin = &escapeReader{r: os.Stdin, quit: cancel}
 		fmt.Fprint(os.Stderr, "ember: console attached; Ctrl-A x quits\r\n")
 	}
 	rep, err := launch.Run(ctx, launch.Options{

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ember-vmm/ember/boot"
@@ -41,6 +42,8 @@ type Options struct {
 	Interactive bool
 	KVMPath     string
 
+	// Stdin is the console input; on the kvm path ember reads Ctrl-A x
+	// from it, on the nested path the inner ember does.
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
 	Log            *slog.Logger
@@ -208,8 +211,12 @@ func runKVM(ctx context.Context, o Options, kernel, initrd string, run proto.Run
 	}
 	cfg := o.Config
 	var input io.Reader
+	var quit atomic.Bool
 	if o.Interactive {
-		input = o.Stdin
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		input = NewEscapeReader(o.Stdin, func() { quit.Store(true); cancel() })
 	}
 	m, err := vmm.New(vmm.Config{
 		Kernel: kernel, Initrd: initrd, Extra: extra, Cmdline: cfg.Boot.Cmdline,
@@ -231,6 +238,10 @@ func runKVM(ctx context.Context, o Options, kernel, initrd string, run proto.Run
 		Unclaimed: res.Unclaimed,
 	}
 	finish(rep, res, time.Duration(cfg.Run.Timeout))
+	if res.Outcome == vmm.OutcomeCanceled && quit.Load() {
+		// Ctrl-A x: the user ended the session, as with QEMU.
+		rep.ExitStatus, rep.Message = 0, ""
+	}
 	return rep, err
 }
 

@@ -1,11 +1,10 @@
-package main
+package launch
 
-import (
-	"context"
-	"io"
-)
+import "io"
 
-func withCancel(ctx context.Context) (context.Context, func()) { return context.WithCancel(ctx) }
+// NewEscapeReader returns r with QEMU's console escape: Ctrl-A x calls
+// quit and ends the input; Ctrl-A Ctrl-A sends one Ctrl-A.
+func NewEscapeReader(r io.Reader, quit func()) io.Reader { return &escapeReader{r: r, quit: quit} }
 
 // escapeReader passes terminal input through and ends the session on
 // Ctrl-A x, as QEMU does; Ctrl-A Ctrl-A sends one Ctrl-A.
