@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ember-vmm/ember/configs"
 	"github.com/ember-vmm/ember/guest/proto"
 	"github.com/ember-vmm/ember/images"
 	"github.com/ember-vmm/ember/vmm"
@@ -84,7 +85,7 @@ func BenchmarkVMBootToInit(b *testing.B) {
 		if qerr == nil {
 			r, t = timeToMarker(b, exec.CommandContext(ctx, qemu, "-M", "microvm", "-accel", "kvm", "-cpu", "host",
 				"-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-				"-serial", "stdio", "-kernel", img.Kernel, "-initrd", initrd, "-append", vmm.BaseCmdline))
+				"-serial", "stdio", "-kernel", img.Kernel, "-initrd", initrd, "-append", vmm.BaseCmdline+" "+configs.Default().Boot.Cmdline))
 			qemuReady, qemuTotal = qemuReady+r, qemuTotal+t
 		}
 		cancel()
