@@ -30,7 +30,7 @@ test: images unit e2e
 
 unit:
 	$(GO) vet ./...
-	$(GO) test $(TESTFLAGS) ./boot/... ./configs/... ./devices/... ./guest/... ./images/... ./vmm/... ./cmd/...
+	$(GO) test -race $(TESTFLAGS) $$($(GO) list ./... | grep -v /tests)
 
 e2e: build
 	$(GO) test $(TESTFLAGS) -count=1 -timeout 30m -v ./tests/

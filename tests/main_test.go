@@ -27,6 +27,7 @@ var env struct {
 	cacheDir string
 	inside   bool   // running inside the nested L1 guest
 	hostile  string // the hostile guest program, built on the host
+	kvmTest  string // vmm/kvm's test binary, run where KVM works
 	direct   bool   // real KVM is usable here: VM tests run in this process
 	skip     string // why VM tests cannot run at all
 	images   []imageSet
@@ -69,6 +70,14 @@ func run(m *testing.M) int {
 		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := build.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: building the hostile guest program: %v\n%s", err, out)
+			return 1
+		}
+	}
+	env.kvmTest = os.Getenv("EMBER_E2E_KVMTEST")
+	if env.kvmTest == "" {
+		env.kvmTest = filepath.Join(root, "bin", "e2e-kvm.test")
+		if out, err := exec.Command("go", "test", "-c", "-o", env.kvmTest, "../vmm/kvm").CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: building vmm/kvm's tests: %v\n%s", err, out)
 			return 1
 		}
 	}
@@ -131,7 +140,7 @@ func runInside() int {
 		return 1
 	}
 	l1 := image(nil, "amd64")
-	args := []string{"/usr/bin/env", insideVar + "=1", "EMBER_CACHE_DIR=" + env.cacheDir, "EMBER_E2E_HOSTILE=" + env.hostile, "PATH=" + os.Getenv("PATH"),
+	args := []string{"/usr/bin/env", insideVar + "=1", "EMBER_CACHE_DIR=" + env.cacheDir, "EMBER_E2E_HOSTILE=" + env.hostile, "EMBER_E2E_KVMTEST=" + env.kvmTest, "PATH=" + os.Getenv("PATH"),
 		self, "-test.v", "-test.timeout", "25m"}
 	runFilter := "VM"
 	for _, a := range os.Args[1:] {

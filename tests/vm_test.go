@@ -2,6 +2,8 @@ package tests
 
 import (
 	"fmt"
+	"os/exec"
+	"strings"
 	"regexp"
 	"strconv"
 	"testing"
@@ -99,5 +101,18 @@ func TestVMTimeout(t *testing.T) {
 	wantCode(t, r, 124)
 	if !regexp.MustCompile(`timeout`).MatchString(r.stderr) {
 		t.Fatalf("stderr does not mention the timeout:\n%s", r.stderr)
+	}
+}
+
+// TestVMKVMPackage runs vmm/kvm's own tests (a real-mode guest, immediate
+// exit) where KVM works; on the host they skip for want of VMX/SVM.
+func TestVMKVMPackage(t *testing.T) {
+	needVM(t)
+	out, err := exec.Command(env.kvmTest, "-test.v", "-test.count=1").CombinedOutput()
+	if err != nil {
+		t.Fatalf("vmm/kvm tests: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "--- PASS: TestRealModeGuest") {
+		t.Fatalf("TestRealModeGuest did not run and pass:\n%s", out)
 	}
 }
