@@ -143,6 +143,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			defer func() { _ = term.Restore(int(f.Fd()), st) }()
 		}
 		cmd.Stdin = f
+		// A process group of its own would be a background group on the
+		// terminal, and its reads would stop with SIGTTIN: stay in ours.
+		cmd.SysProcAttr.Setpgid = false
 	}
 	tail := &tailWriter{max: 16 << 10}
 	cmd.Stdout = io.MultiWriter(o.Stdout, tail)
@@ -162,7 +165,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	select {
 	case qemuErr = <-waited:
 	case <-ctx.Done():
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if cmd.SysProcAttr.Setpgid {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		} else {
+			_ = cmd.Process.Kill()
+		}
 		<-waited
 		return nil, ctx.Err()
 	}
