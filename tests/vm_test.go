@@ -3,9 +3,9 @@ package tests
 import (
 	"fmt"
 	"os/exec"
-	"strings"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
