@@ -77,7 +77,7 @@ func Default() *VM {
 func Load(path string) (*VM, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config %w", err)
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	v, err := Parse(b, path)
 	if err != nil {

@@ -172,7 +172,7 @@ func applyFlags(cmd *cobra.Command, cfg *configs.VM, f *runFlags) error {
 	if fl.Changed("memory") {
 		s, err := configs.ParseSize(f.memory)
 		if err != nil {
-			return fmt.Errorf("--memory %q: %w", f.memory, err)
+			return fmt.Errorf("--memory: %w", err)
 		}
 		cfg.Machine.Memory = s
 	}
