@@ -66,33 +66,41 @@ func (c *Cache) Initramfs(ctx context.Context, k *Kernel, initBin string) (strin
 	}
 	key := initramfsKey(ib, version, mods, urootVersion, urootCommands)
 	out := filepath.Join(c.Dir, "initramfs", "ember-"+version+"-"+key+".cpio")
+	return out, c.buildOnce(ctx, out, "initramfs-"+key, func() error {
+		base, err := c.urootBase(ctx)
+		if err != nil {
+			return err
+		}
+		recs := []cpio.Record{cpio.StaticFile("init", string(ib), 0o755)}
+		if k != nil {
+			more, err := moduleRecords(k, mods)
+			if err != nil {
+				return err
+			}
+			recs = append(recs, more...)
+		}
+		if err := writeAtomic(out, func(w io.Writer) error { return appendCPIO(w, base, recs) }); err != nil {
+			return fmt.Errorf("initramfs %s: %w", out, err)
+		}
+		return nil
+	})
+}
+
+// buildOnce makes the cache file out with build unless a valid one exists,
+// holding the named lock so concurrent embers build it once.
+func (c *Cache) buildOnce(ctx context.Context, out, lock string, build func() error) error {
 	if cpioOK(out) {
-		return out, nil
+		return nil
 	}
-	unlock, err := c.lock(ctx, "initramfs-"+key)
+	unlock, err := c.lock(ctx, lock)
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer unlock()
 	if cpioOK(out) {
-		return out, nil
+		return nil
 	}
-	base, err := c.urootBase(ctx)
-	if err != nil {
-		return "", err
-	}
-	recs := []cpio.Record{cpio.StaticFile("init", string(ib), 0o755)}
-	if k != nil {
-		more, err := moduleRecords(k, mods)
-		if err != nil {
-			return "", err
-		}
-		recs = append(recs, more...)
-	}
-	if err := writeAtomic(out, func(w io.Writer) error { return appendCPIO(w, base, recs) }); err != nil {
-		return "", fmt.Errorf("initramfs %s: %w", out, err)
-	}
-	return out, nil
+	return build()
 }
 
 // urootBase returns the kernel- and init-independent part of the default
@@ -102,24 +110,11 @@ func (c *Cache) Initramfs(ctx context.Context, k *Kernel, initBin string) (strin
 func (c *Cache) urootBase(ctx context.Context) (string, error) {
 	key := hashOf([]byte(urootVersion), []byte(strings.Join(urootCommands, ",")), []byte(strings.Join(initLinks, ",")), []byte(builderVersion))
 	out := filepath.Join(c.Dir, "initramfs", "uroot-"+urootVersion+"-"+key+".cpio")
-	if cpioOK(out) {
-		return out, nil
-	}
-	unlock, err := c.lock(ctx, "uroot-"+key)
-	if err != nil {
-		return "", err
-	}
-	defer unlock()
-	if cpioOK(out) {
-		return out, nil
-	}
-	err = c.step("building u-root "+urootVersion+" commands for the initramfs", func() error {
-		return c.buildUroot(ctx, out)
+	return out, c.buildOnce(ctx, out, "uroot-"+key, func() error {
+		return c.step("building u-root "+urootVersion+" commands for the initramfs", func() error {
+			return c.buildUroot(ctx, out)
+		})
 	})
-	if err != nil {
-		return "", err
-	}
-	return out, nil
 }
 
 // moduleRecords are k's modules at their /lib/modules path and
@@ -316,26 +311,17 @@ func (c *Cache) L1Initramfs(ctx context.Context, k *Kernel, initBin string) (str
 	}
 	key := hashOf(ib, []byte(k.Version), []byte(strings.Join(mods, ",")), []byte(builderVersion))
 	out := filepath.Join(c.Dir, "initramfs", "l1-"+k.Version+"-"+key+".cpio")
-	if cpioOK(out) {
-		return out, nil
-	}
-	unlock, err := c.lock(ctx, "initramfs-"+key)
-	if err != nil {
-		return "", err
-	}
-	defer unlock()
-	if cpioOK(out) {
-		return out, nil
-	}
-	more, err := moduleRecords(k, mods)
-	if err != nil {
-		return "", err
-	}
-	recs := append([]cpio.Record{cpio.StaticFile("init", string(ib), 0o755)}, more...)
-	if err := writeAtomic(out, func(w io.Writer) error { return writeCPIO(w, recs) }); err != nil {
-		return "", fmt.Errorf("L1 initramfs %s: %w", out, err)
-	}
-	return out, nil
+	return out, c.buildOnce(ctx, out, "initramfs-"+key, func() error {
+		more, err := moduleRecords(k, mods)
+		if err != nil {
+			return err
+		}
+		recs := append([]cpio.Record{cpio.StaticFile("init", string(ib), 0o755)}, more...)
+		if err := writeAtomic(out, func(w io.Writer) error { return writeCPIO(w, recs) }); err != nil {
+			return fmt.Errorf("L1 initramfs %s: %w", out, err)
+		}
+		return nil
+	})
 }
 
 // writeCPIO writes recs, with their parent directories, as a newc archive.
