@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,8 +21,9 @@ import (
 const readyMarker = "EMBER-BENCH-READY"
 
 // timeToMarker starts cmd and returns how long until readyMarker appears on
-// its stdout, and how long until it exits.
-func timeToMarker(b *testing.B, cmd *exec.Cmd) (ready, total time.Duration) {
+// its stdout, how long until it exits, and its peak RSS in KiB (guest RAM
+// the guest touched included, for both VMMs alike).
+func timeToMarker(b *testing.B, cmd *exec.Cmd) (ready, total time.Duration, rssKiB int64) {
 	b.Helper()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -47,7 +49,10 @@ func timeToMarker(b *testing.B, cmd *exec.Cmd) (ready, total time.Duration) {
 		b.Fatalf("%s: ready=%v err=%v\nstdout tail: %s\nstderr: %s", cmd.Path, ready, err,
 			strings.Join(tail[max(0, len(tail)-20):], "\n"), errb.String())
 	}
-	return ready, total
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		rssKiB = ru.Maxrss
+	}
+	return ready, total, rssKiB
 }
 
 // BenchmarkVMBootToInit compares ember with QEMU's microvm machine booting
@@ -77,27 +82,30 @@ func BenchmarkVMBootToInit(b *testing.B) {
 		b.Fatal(err)
 	}
 	var emberReady, emberTotal, qemuReady, qemuTotal time.Duration
+	var emberRSS, qemuRSS int64
 	for b.Loop() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		r, t := timeToMarker(b, exec.CommandContext(ctx, env.ember, "run", "--accel", "kvm", "--cache-dir", env.cacheDir,
+		r, t, rss := timeToMarker(b, exec.CommandContext(ctx, env.ember, "run", "--accel", "kvm", "--cache-dir", env.cacheDir,
 			"--", "sh", "-c", "echo "+readyMarker+"; poweroff"))
-		emberReady, emberTotal = emberReady+r, emberTotal+t
+		emberReady, emberTotal, emberRSS = emberReady+r, emberTotal+t, max(emberRSS, rss)
 		if qerr == nil {
-			r, t = timeToMarker(b, exec.CommandContext(ctx, qemu, "-M", "microvm", "-accel", "kvm", "-cpu", "host",
+			r, t, rss = timeToMarker(b, exec.CommandContext(ctx, qemu, "-M", "microvm", "-accel", "kvm", "-cpu", "host",
 				"-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 				"-serial", "stdio", "-kernel", img.Kernel, "-initrd", initrd, "-append", vmm.BaseCmdline+" "+configs.Default().Boot.Cmdline))
-			qemuReady, qemuTotal = qemuReady+r, qemuTotal+t
+			qemuReady, qemuTotal, qemuRSS = qemuReady+r, qemuTotal+t, max(qemuRSS, rss)
 		}
 		cancel()
 	}
 	n := float64(b.N)
 	b.ReportMetric(float64(emberReady.Milliseconds())/n, "ember-ready-ms")
 	b.ReportMetric(float64(emberTotal.Milliseconds())/n, "ember-total-ms")
+	b.ReportMetric(float64(emberRSS)/1024, "ember-peak-rss-MiB")
 	if qerr != nil {
 		b.Logf("QEMU not found (%v): no comparison", qerr)
 		return
 	}
 	b.ReportMetric(float64(qemuReady.Milliseconds())/n, "qemu-microvm-ready-ms")
 	b.ReportMetric(float64(qemuTotal.Milliseconds())/n, "qemu-microvm-total-ms")
+	b.ReportMetric(float64(qemuRSS)/1024, "qemu-microvm-peak-rss-MiB")
 	b.ReportMetric(float64(emberReady)/float64(qemuReady), "ready-ratio-ember/qemu")
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -174,8 +175,13 @@ func New(cfg Config) (m *Machine, err error) {
 			return nil, fmt.Errorf("vcpu %d: %w", i, err)
 		}
 	}
+	// The kernel and initrd copies (tens of MiB) are in guest RAM now; hand
+	// their heap back to the OS so the VMM's own footprint stays small.
+	initrdLen := len(initrd)
+	kernel, initrd = nil, nil
+	debug.FreeOSMemory()
 	m.log.Debug("machine created", "cpus", cfg.CPUs, "memory_mib", cfg.Memory>>20,
-		"protocol", m.entry.Protocol, "cmdline", cmdline, "initrd_bytes", len(initrd))
+		"protocol", m.entry.Protocol, "cmdline", cmdline, "initrd_bytes", initrdLen)
 	return m, nil
 }
 
