@@ -35,6 +35,11 @@ unit:
 e2e: build
 	$(GO) test $(TESTFLAGS) -count=1 -timeout 30m -v ./tests/
 
+lint:
+	test -z "$$(gofmt -l .)" || { gofmt -l .; exit 1; }
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
 fuzz:
 	./.ci/fuzz 30s
 
