@@ -25,6 +25,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -49,8 +50,9 @@ func DefaultDir() string {
 //	kernels/<version>/vmlinux           ELF vmlinux (Vmlinux, on first use)
 //	kernels/<version>/lib/modules/<version>/{modules.dep,modules.order,…,kernel/…}
 //	                                    only the modules ember's images use
-//	kernels/<version>/kernel.json       manifest, written last: marks the entry complete
+//	kernels/<version>/kernel.json       manifest (sizes and checksums), written last: marks the entry complete
 //	initramfs/<name>-<version>-<key>.cpio
+//	initramfs/<...>.cpio.sum            its size and checksum, written last
 //	build/uroot-<u-root version>/       Go module from which u-root's commands are built
 //	locks/                              flock(2) files serializing writers of an entry
 type Cache struct {
@@ -60,6 +62,11 @@ type Cache struct {
 	// Progress receives a human line when a long step starts and ends;
 	// nil is quiet.
 	Progress io.Writer
+	// Verify makes every use check cached files' checksums, not only
+	// their sizes and modification times (ember images fetch sets it).
+	Verify bool
+
+	swept sync.Once
 }
 
 // Kernel is an unpacked Debian kernel in the cache.
@@ -101,6 +108,7 @@ func (c *Cache) step(what string, f func() error) error {
 // lock takes an exclusive flock on locks/<name> so two ember processes never
 // build the same entry at once; the returned function releases it.
 func (c *Cache) lock(ctx context.Context, name string) (func(), error) {
+	c.sweep()
 	dir := filepath.Join(c.Dir, "locks")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cache %s: %w", c.Dir, err)
@@ -140,8 +148,9 @@ func ResolveKernel(ctx context.Context, c *Cache, spec string) (*Kernel, error) 
 }
 
 // kernelLayout changes when what Kernel extracts changes (the module lists
-// above, the layout), so older cache entries are fetched again.
-const kernelLayout = "2"
+// above, the layout, the manifest), so older cache entries are fetched
+// again.
+const kernelLayout = "3"
 
 // moduleSet names what a cache entry holds; a mismatch means refetch.
 func moduleSet() string {
@@ -150,11 +159,11 @@ func moduleSet() string {
 
 // manifest is kernels/<version>/kernel.json.
 type manifest struct {
-	Flavour   string           `json:"flavour"`
-	Version   string           `json:"version"`
-	Package   string           `json:"package"`
-	ModuleSet string           `json:"module_set"`
-	Files     map[string]int64 `json:"files"` // relative path → size
+	Flavour   string             `json:"flavour"`
+	Version   string             `json:"version"`
+	Package   string             `json:"package"`
+	ModuleSet string             `json:"module_set"`
+	Files     map[string]fileSum `json:"files"` // relative path → size and checksum
 }
 
 // kernelPkgRE matches the dependency of linux-image-<flavour> in
@@ -246,7 +255,7 @@ func (c *Cache) fetch(ctx context.Context, flavour, version string) error {
 	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
 		return fmt.Errorf("cache %s: %w", c.Dir, err)
 	}
-	tmp, err := os.MkdirTemp(c.Dir, "fetch-")
+	tmp, err := os.MkdirTemp(c.Dir, tempPrefix("fetch"))
 	if err != nil {
 		return fmt.Errorf("cache %s: %w", c.Dir, err)
 	}
@@ -288,11 +297,17 @@ func (c *Cache) fetch(ctx context.Context, flavour, version string) error {
 		return err
 	}
 	m.Flavour, m.Package = flavour, pkg
+	if err := m.sum(stage); err != nil {
+		return err
+	}
 	b, err := json.MarshalIndent(m, "", " ")
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(stage, "kernel.json"), b, 0o644); err != nil {
+	if err := writeFileSync(filepath.Join(stage, "kernel.json"), b); err != nil {
+		return err
+	}
+	if err := syncTree(stage); err != nil {
 		return err
 	}
 	dir := filepath.Join(c.Dir, "kernels", version)
@@ -304,7 +319,33 @@ func (c *Cache) fetch(ctx context.Context, flavour, version string) error {
 	if err := os.Rename(dir, old); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("replacing %s: %w", dir, err)
 	}
-	return os.Rename(stage, dir)
+	if err := os.Rename(stage, dir); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(dir))
+}
+
+// sum records every file's checksum and modification time.
+func (m *manifest) sum(dir string) error {
+	for rel := range m.Files {
+		s, err := settleAndSum(filepath.Join(dir, rel))
+		if err != nil {
+			return err
+		}
+		m.Files[rel] = s
+	}
+	return nil
+}
+
+// syncTree syncs every directory under root (the files were synced as they
+// were written), so a renamed entry survives a crash whole.
+func syncTree(root string) error {
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		return syncDir(p)
+	})
 }
 
 // packageSize is the download size apt reports, or 0.
@@ -330,7 +371,7 @@ func packageSize(ctx context.Context, pkg string) int64 {
 // dependency that appeared in the archive before its dependent.
 func extractKernel(deb, version, stage string) (*manifest, error) {
 	modRoot := "lib/modules/" + version + "/"
-	m := &manifest{Version: version, ModuleSet: moduleSet(), Files: map[string]int64{}}
+	m := &manifest{Version: version, ModuleSet: moduleSet(), Files: map[string]fileSum{}}
 	direct := map[string][]string{} // module → .modinfo depends
 	kept := map[string][]byte{}     // module → ELF bytes
 	wantName := map[string]bool{}
@@ -343,8 +384,8 @@ func extractKernel(deb, version, stage string) (*manifest, error) {
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 			return err
 		}
-		m.Files[rel] = int64(len(b))
-		return os.WriteFile(dst, b, 0o644)
+		m.Files[rel] = fileSum{Size: int64(len(b))}
+		return writeFileSync(dst, b)
 	}
 	err := walkDeb(deb, func(name string, r io.Reader, size int64) error {
 		var dst string
@@ -499,7 +540,7 @@ func readEntry(name string, r io.Reader, size int64) ([]byte, error) {
 
 // kernelAt returns the cached kernel version if its entry is complete: the
 // manifest exists, matches this ember's module set, and every file it lists
-// has its recorded size.
+// is as recorded (verifyFile).
 func (c *Cache) kernelAt(flavour, version string) (*Kernel, error) {
 	if version == "" || strings.ContainsAny(version, "/\x00") || version == "." || version == ".." {
 		return nil, fmt.Errorf("bad kernel version %q", version)
@@ -516,13 +557,9 @@ func (c *Cache) kernelAt(flavour, version string) (*Kernel, error) {
 	if m.Version != version || m.ModuleSet != moduleSet() {
 		return nil, fmt.Errorf("%s: made for another module set", dir)
 	}
-	for rel, size := range m.Files {
-		st, err := os.Stat(filepath.Join(dir, rel))
-		if err != nil {
+	for rel, sum := range m.Files {
+		if err := verifyFile(filepath.Join(dir, rel), sum, c.Verify); err != nil {
 			return nil, err
-		}
-		if st.Size() != size {
-			return nil, fmt.Errorf("%s: size %d, expected %d", filepath.Join(dir, rel), st.Size(), size)
 		}
 	}
 	return &Kernel{
@@ -550,29 +587,4 @@ func hashOf(parts ...[]byte) string {
 		h.Write(p)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
-}
-
-// writeAtomic writes via a temporary file so readers never see a partial
-// cache entry.
-func writeAtomic(path string, write func(w io.Writer) error) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		return err
-	}
-	if err := write(f); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }

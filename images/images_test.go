@@ -13,10 +13,13 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/ember-vmm/ember/boot/elf64/elf64test"
 	"github.com/ember-vmm/ember/guest/proto"
 	"github.com/pierrec/lz4/v4"
 	"github.com/u-root/u-root/pkg/cpio"
@@ -422,6 +425,9 @@ func TestExtractKernelAndCacheEntry(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.Flavour = "test"
+	if err := m.sum(dir); err != nil {
+		t.Fatal(err)
+	}
 	b, _ := json.Marshal(m)
 	os.WriteFile(filepath.Join(dir, "kernel.json"), b, 0o644)
 	k, err := c.kernelAt("test", v)
@@ -439,10 +445,15 @@ func TestExtractKernelAndCacheEntry(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "System.map")); err == nil {
 		t.Error("extracted more than needed")
 	}
-	// A damaged file makes the entry unusable, so Kernel fetches again.
+	// A damaged file makes the entry unusable, so Kernel fetches again:
+	// a truncated one, and one of the right size with other bytes.
 	os.WriteFile(k.Path, []byte("bzimag"), 0o644)
 	if _, err := c.kernelAt("test", v); err == nil {
 		t.Error("truncated vmlinuz not noticed")
+	}
+	os.WriteFile(k.Path, []byte("bzimaX"+"e"), 0o644)
+	if _, err := c.kernelAt("test", v); err == nil || !strings.Contains(err.Error(), "checksum") {
+		t.Errorf("same-size damage: %v", err)
 	}
 	for _, bad := range []string{"", "..", "a/b"} {
 		if _, err := c.kernelAt("test", bad); err == nil {
@@ -498,4 +509,111 @@ func TestLock(t *testing.T) {
 		t.Fatalf("lock after release: %v", err)
 	}
 	unlock2()
+}
+
+// moduleELF is a relocatable ELF64 module with one .modinfo section
+// (flags and claimed size as given).
+func moduleELF(modinfo []byte, flags, size uint64) []byte {
+	return elf64test.File{Type: elf64test.ETRel, Sections: []elf64test.Section{
+		{Name: ".modinfo", Type: elf64test.SHTProgbits, Flags: flags, Data: modinfo, Size: size}}}.Bytes()
+}
+
+func TestModinfoDepends(t *testing.T) {
+	info := []byte("license=GPL\x00depends=virtio,virtio_ring\x00name=virtio_blk\x00")
+	ds, err := modinfoDepends(moduleELF(info, 0, uint64(len(info))))
+	if err != nil || strings.Join(ds, ",") != "virtio,virtio_ring" {
+		t.Fatalf("modinfoDepends = %v, %v", ds, err)
+	}
+}
+
+// TestModinfoBomb is the regression test for module parsing through
+// debug/elf, which inflates a compressed .modinfo claiming 256 MiB: the
+// module is refused and almost nothing is allocated.
+func TestModinfoBomb(t *testing.T) {
+	ko := moduleELF(elf64test.CompressedBomb(256<<20, 8000), elf64test.SHFCompressed, 0)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := modinfoDepends(ko)
+	runtime.ReadMemStats(&after)
+	if err == nil {
+		t.Fatal("a compressed .modinfo was accepted")
+	}
+	if d := after.TotalAlloc - before.TotalAlloc; d > 1<<20 {
+		t.Fatalf("parsing a %d-byte module allocated %d bytes", len(ko), d)
+	}
+}
+
+// fakeCPIO writes a newc-looking archive of n bytes.
+func fakeCPIO(n int) func(out string) func() error {
+	return func(out string) func() error {
+		return func() error {
+			b := append([]byte("070701"), make([]byte, n-6)...)
+			return writeAtomic(out, func(w io.Writer) error { _, err := w.Write(b); return err })
+		}
+	}
+}
+
+// TestDamagedImageRebuilt is the regression test for an initramfs
+// truncated to 200 bytes being taken as valid (only its magic was
+// checked): size and checksum are recorded and verified now.
+func TestDamagedImageRebuilt(t *testing.T) {
+	c := &Cache{Dir: t.TempDir()}
+	out := filepath.Join(c.Dir, "initramfs", "x.cpio")
+	builds := 0
+	build := func() error { builds++; return fakeCPIO(64 << 10)(out)() }
+	ctx := context.Background()
+	if err := c.buildOnce(ctx, out, "x", build); err != nil || builds != 1 {
+		t.Fatalf("first build: %v, %d builds", err, builds)
+	}
+	if err := c.buildOnce(ctx, out, "x", build); err != nil || builds != 1 {
+		t.Fatalf("a valid entry was rebuilt: %v, %d builds", err, builds)
+	}
+	if err := os.Truncate(out, 200); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.buildOnce(ctx, out, "x", build); err != nil || builds != 2 {
+		t.Fatalf("truncated entry: %v, %d builds, want a rebuild", err, builds)
+	}
+	// Same size, other bytes (and so a new modification time).
+	f, _ := os.OpenFile(out, os.O_WRONLY, 0)
+	f.WriteAt([]byte("x"), 1000)
+	f.Close()
+	if err := c.buildOnce(ctx, out, "x", build); err != nil || builds != 3 {
+		t.Fatalf("altered entry: %v, %d builds, want a rebuild", err, builds)
+	}
+	// An entry without its sum (a crash between rename and sum) is rebuilt.
+	os.Remove(sumPath(out))
+	if err := c.buildOnce(ctx, out, "x", build); err != nil || builds != 4 {
+		t.Fatalf("entry without sum: %v, %d builds", err, builds)
+	}
+}
+
+// TestSweep removes temporary files of processes that are gone and keeps
+// those of live ones.
+func TestSweep(t *testing.T) {
+	c := &Cache{Dir: t.TempDir()}
+	os.MkdirAll(filepath.Join(c.Dir, "initramfs"), 0o755)
+	dead := []string{".tmp-999999999-a", "fetch-999999998-b", filepath.Join("initramfs", ".tmp-999999997-c")}
+	live := []string{".tmp-" + strconv.Itoa(os.Getpid()) + "-d", "build-1-e", "kernels.keep"}
+	for _, n := range append(append([]string{}, dead...), live...) {
+		if err := os.WriteFile(filepath.Join(c.Dir, n), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unlock, err := c.lock(context.Background(), "any")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	for _, n := range dead {
+		if _, err := os.Stat(filepath.Join(c.Dir, n)); err == nil {
+			t.Errorf("%s of a dead process was kept", n)
+		}
+	}
+	for _, n := range live {
+		if _, err := os.Stat(filepath.Join(c.Dir, n)); err != nil {
+			t.Errorf("%s was removed: %v", n, err)
+		}
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -87,9 +88,11 @@ func (c *Cache) Initramfs(ctx context.Context, k *Kernel, initBin string) (strin
 }
 
 // buildOnce makes the cache file out with build unless a valid one exists,
-// holding the named lock so concurrent embers build it once.
+// holding the named lock so concurrent embers build it once, and records
+// its size and checksum last: an entry without its sum, or not matching
+// it, is built again.
 func (c *Cache) buildOnce(ctx context.Context, out, lock string, build func() error) error {
-	if cpioOK(out) {
+	if c.entryOK(out) {
 		return nil
 	}
 	unlock, err := c.lock(ctx, lock)
@@ -97,10 +100,28 @@ func (c *Cache) buildOnce(ctx context.Context, out, lock string, build func() er
 		return err
 	}
 	defer unlock()
-	if cpioOK(out) {
+	if c.entryOK(out) {
 		return nil
 	}
-	return build()
+	_ = os.Remove(sumPath(out))
+	if err := build(); err != nil {
+		return err
+	}
+	if !cpioOK(out) {
+		return fmt.Errorf("%s: the build did not produce a newc archive", out)
+	}
+	return recordSum(out)
+}
+
+// entryOK reports whether out is a complete cached archive.
+func (c *Cache) entryOK(out string) bool {
+	if err := checkSum(out, c.Verify); err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			c.log().Info("cached image damaged; building it again", "err", err)
+		}
+		return false
+	}
+	return cpioOK(out)
 }
 
 // urootBase returns the kernel- and init-independent part of the default
@@ -166,8 +187,8 @@ func initramfsKey(initBin []byte, version string, mods []string, uroot string, c
 		[]byte(strings.Join(cmds, ",")), []byte(strings.Join(initLinks, ",")), []byte(builderVersion))
 }
 
-// cpioOK reports whether path looks like a complete newc archive (entries
-// are written by rename, so only damage from outside is caught here).
+// cpioOK reports whether path starts like a newc archive (the sum checked
+// before it catches damage).
 func cpioOK(path string) bool {
 	f, err := os.Open(path)
 	if err != nil {
@@ -241,7 +262,7 @@ func (c *Cache) buildUroot(ctx context.Context, out string) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.MkdirTemp(c.Dir, "build-")
+	tmp, err := os.MkdirTemp(c.Dir, tempPrefix("build"))
 	if err != nil {
 		return err
 	}
@@ -253,7 +274,7 @@ func (c *Cache) buildUroot(ctx context.Context, out string) error {
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
 	}
-	partial, err := os.CreateTemp(filepath.Dir(out), ".tmp-")
+	partial, err := os.CreateTemp(filepath.Dir(out), tempPrefix(".tmp"))
 	if err != nil {
 		return err
 	}
@@ -283,7 +304,22 @@ func (c *Cache) buildUroot(ctx context.Context, out string) error {
 	if err := os.Chmod(partial.Name(), 0o644); err != nil {
 		return err
 	}
-	return os.Rename(partial.Name(), out)
+	if err := syncFile(partial.Name()); err != nil {
+		return err
+	}
+	if err := os.Rename(partial.Name(), out); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(out))
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 func tail(s string, n int) string {

@@ -3,13 +3,14 @@ package images
 import (
 	"bufio"
 	"bytes"
-	"debug/elf"
 	"fmt"
 	"io"
 	"path"
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/ember-vmm/ember/boot/elf64"
 )
 
 // l2Modules go into the default image when the flavour has them (absent
@@ -218,19 +219,27 @@ func (g depGraph) resolve(wanted []string, required bool) ([]string, error) {
 	})
 }
 
-// modinfoDepends reads "depends=a,b" from a module's .modinfo section.
+// modinfoDepends reads "depends=a,b" from a module's .modinfo section,
+// reading nothing but the section headers and that section (elf64 never
+// inflates compressed sections; every read is bounded by the module's
+// size).
 func modinfoDepends(ko []byte) ([]string, error) {
-	f, err := elf.NewFile(bytes.NewReader(ko))
+	f, err := elf64.Open(bytes.NewReader(ko), int64(len(ko)))
 	if err != nil {
 		return nil, err
 	}
-	sec := f.Section(".modinfo")
-	if sec == nil {
-		return nil, nil
-	}
-	b, err := sec.Data()
+	ss, err := f.Sections()
 	if err != nil {
 		return nil, err
+	}
+	var b []byte
+	for _, s := range ss {
+		if s.Name == ".modinfo" {
+			if b, err = f.Data(s, uint64(len(ko))); err != nil {
+				return nil, err
+			}
+			break
+		}
 	}
 	for _, kv := range bytes.Split(b, []byte{0}) {
 		if v, ok := bytes.CutPrefix(kv, []byte("depends=")); ok {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"debug/elf"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 
+	"github.com/ember-vmm/ember/boot/elf64"
 	"github.com/klauspost/compress/zstd"
 	"github.com/pierrec/lz4/v4"
 )
@@ -25,7 +25,8 @@ const maxVmlinux = 512 << 20
 // it through the PVH entry point.
 func (c *Cache) Vmlinux(ctx context.Context, k *Kernel) (string, error) {
 	out := filepath.Join(filepath.Dir(k.Path), "vmlinux")
-	if isELF(out) {
+	ok := func() bool { return checkSum(out, c.Verify) == nil && isELF(out) }
+	if ok() {
 		return out, nil
 	}
 	unlock, err := c.lock(ctx, "vmlinux-"+k.Version)
@@ -33,9 +34,10 @@ func (c *Cache) Vmlinux(ctx context.Context, k *Kernel) (string, error) {
 		return "", err
 	}
 	defer unlock()
-	if isELF(out) {
+	if ok() {
 		return out, nil
 	}
+	_ = os.Remove(sumPath(out))
 	bz, err := os.ReadFile(k.Path)
 	if err != nil {
 		return "", err
@@ -46,16 +48,23 @@ func (c *Cache) Vmlinux(ctx context.Context, k *Kernel) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%s: %w", k.Path, err)
 	}
-	return out, nil
+	return out, recordSum(out)
 }
 
+// isELF reports whether path is an ELF64 file whose headers are sound; it
+// reads only the headers.
 func isELF(path string) bool {
-	f, err := elf.Open(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return false
 	}
-	f.Close()
-	return true
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		return false
+	}
+	_, err = elf64.Open(f, st.Size())
+	return err == nil
 }
 
 // Setup header fields (Documentation/arch/x86/boot.rst, "The Real-Mode

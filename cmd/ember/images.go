@@ -25,7 +25,7 @@ func newImagesCmd(g *globals) *cobra.Command {
 			if dir == "" {
 				dir = images.DefaultDir()
 			}
-			c := &images.Cache{Dir: dir, Log: g.log, Progress: progress(false)}
+			c := &images.Cache{Dir: dir, Log: g.log, Progress: progress(false), Verify: true}
 			ib, err := launch.InitBinary("")
 			if err != nil {
 				return err
