@@ -3,14 +3,13 @@ package boot
 import (
 	"encoding/binary"
 	"fmt"
-
-	"github.com/ember-vmm/ember/vmm/memory"
 )
 
 // ACPI tables (ACPI 6.4, chapter 5): a hardware-reduced platform (§4.1) with
 // an RSDP that Linux finds by scanning 0xE0000-0xFFFFF (§5.2.5.1), an XSDT,
-// a FADT whose sleep registers are the ports of ember's power device, a MADT
-// listing the local APICs and the I/O APIC, and a DSDT declaring \_S5.
+// a FADT whose sleep registers are the ports of the machine's power device,
+// a MADT listing the local APICs and the I/O APIC, and the DSDT the machine
+// supplies.
 const (
 	acpiHeaderSize = 36
 	acpiOEMID      = "EMBER "   // 6 bytes
@@ -79,50 +78,6 @@ const (
 	acpiAllCPUs     = 0xff
 )
 
-// AML opcodes (ACPI 6.4 §20.3).
-const (
-	amlZeroOp    = 0x00
-	amlNameOp    = 0x08
-	amlBytePrefx = 0x0a
-	amlPackageOp = 0x12
-	amlRootChar  = '\\'
-)
-
-// amlPkgLength encodes a PkgLength for n bytes of content that follow it
-// (§20.2.4): the length counts its own encoding. Up to 63 fits in one byte;
-// otherwise the lead byte holds the count of extra bytes in bits 7-6 and the
-// low nibble, the extra bytes the rest. Lengths of 2^28 and more have no
-// encoding: nil.
-func amlPkgLength(n int) []byte {
-	if n < 0 {
-		return nil
-	}
-	if n+1 < 1<<6 {
-		return []byte{byte(n + 1)}
-	}
-	for extra := 1; extra <= 3; extra++ {
-		total := n + 1 + extra
-		if total < 1<<(4+8*extra) {
-			b := []byte{byte(extra<<6) | byte(total&0xf)}
-			for i := 0; i < extra; i++ {
-				b = append(b, byte(total>>(4+8*i)))
-			}
-			return b
-		}
-	}
-	return nil
-}
-
-// s5AML is Name(\_S5_, Package(){SleepTypeS5, SleepTypeS5, 0, 0}): SLP_TYP
-// for the (here identical) PM1a/PM1b registers and two reserved values
-// (§7.4.2), which Linux reads to power off.
-func s5AML() []byte {
-	body := []byte{4, amlBytePrefx, SleepTypeS5, amlBytePrefx, SleepTypeS5, amlZeroOp, amlZeroOp}
-	b := []byte{amlNameOp, amlRootChar, '_', 'S', '5', '_', amlPackageOp}
-	b = append(b, amlPkgLength(len(body))...)
-	return append(b, body...)
-}
-
 // acpiTable prefixes body with a table header and fixes the checksum.
 func acpiTable(sig string, rev byte, body []byte) []byte {
 	t := make([]byte, acpiHeaderSize, acpiHeaderSize+len(body))
@@ -145,7 +100,7 @@ func gas(port uint64) []byte {
 	return binary.LittleEndian.AppendUint64(b, port)
 }
 
-func fadt(dsdt uint64) []byte {
+func fadt(dsdt uint64, a *ACPI) []byte {
 	b := make([]byte, fadtSize-acpiHeaderSize)
 	at := func(off int) []byte { return b[off-acpiHeaderSize:] }
 	le := binary.LittleEndian
@@ -153,16 +108,16 @@ func fadt(dsdt uint64) []byte {
 	le.PutUint32(at(fadtOffFlags), fadtHWReduced)
 	at(fadtOffMinor)[0] = fadtMinorRevision
 	le.PutUint64(at(fadtOffXDSDT), dsdt) // DSDT (32-bit) stays 0 when X_DSDT is set
-	copy(at(fadtOffSleepCtl), gas(PortSleepControl))
-	copy(at(fadtOffSleepSts), gas(PortSleepStatus))
+	copy(at(fadtOffSleepCtl), gas(uint64(a.SleepControl)))
+	copy(at(fadtOffSleepSts), gas(uint64(a.SleepStatus)))
 	copy(at(fadtOffHypervisor), hypervisorVendor)
 	return acpiTable("FACP", fadtRevision, b)
 }
 
-func madt(cpus int) []byte {
+func madt(cpus int, pf Platform) []byte {
 	b := make([]byte, madtHeaderSize-acpiHeaderSize)
 	le := binary.LittleEndian
-	le.PutUint32(b[madtOffLAPIC-acpiHeaderSize:], LAPICAddr)
+	le.PutUint32(b[madtOffLAPIC-acpiHeaderSize:], pf.LAPIC)
 	le.PutUint32(b[madtOffFlags-acpiHeaderSize:], 0) // no PCAT_COMPAT
 	for i := 0; i < cpus; i++ {
 		// Processor UID = APIC ID = i.
@@ -170,7 +125,7 @@ func madt(cpus int) []byte {
 		b = le.AppendUint32(b, madtEnabled)
 	}
 	b = append(b, madtIOAPIC, madtIOAPICLen, byte(cpus), 0)
-	b = le.AppendUint32(b, IOAPICAddr)
+	b = le.AppendUint32(b, pf.IOAPIC)
 	b = le.AppendUint32(b, 0) // GSI base
 	// NMI on LINT1 of every CPU; flags 0: conforms to the bus.
 	b = append(b, madtLAPICNMI, madtLAPICNMILen, acpiAllCPUs, 0, 0, 1)
@@ -189,9 +144,9 @@ func rsdp(xsdt uint64) []byte {
 	return b
 }
 
-// writeACPI lays the tables out from AddrACPI, RSDP first, and returns the
-// RSDP's address. aml is appended to the DSDT.
-func writeACPI(m *memory.Memory, cpus int, aml []byte) (uint64, error) {
+// acpiBlob lays the tables out from AddrACPI, RSDP first, and returns them
+// as one block (the RSDP at its start).
+func acpiBlob(cpus int, pf Platform, a *ACPI) ([]byte, error) {
 	var blob []byte
 	place := func(t []byte) uint64 {
 		for len(blob)%acpiAlign != 0 {
@@ -202,18 +157,15 @@ func writeACPI(m *memory.Memory, cpus int, aml []byte) (uint64, error) {
 		return addr
 	}
 	blob = make([]byte, rsdpSize) // filled in last
-	dsdtAddr := place(acpiTable("DSDT", dsdtRevision, append(s5AML(), aml...)))
-	fadtAddr := place(fadt(dsdtAddr))
-	madtAddr := place(madt(cpus))
+	dsdtAddr := place(acpiTable("DSDT", dsdtRevision, a.DSDT))
+	fadtAddr := place(fadt(dsdtAddr, a))
+	madtAddr := place(madt(cpus, pf))
 	xsdt := binary.LittleEndian.AppendUint64(nil, fadtAddr)
 	xsdt = binary.LittleEndian.AppendUint64(xsdt, madtAddr)
 	xsdtAddr := place(acpiTable("XSDT", xsdtRevision, xsdt))
 	copy(blob, rsdp(xsdtAddr))
 	if AddrACPI+len(blob) > AddrMPConfig {
-		return 0, fmt.Errorf("%d bytes of ACPI tables do not fit between %#x and %#x", len(blob), AddrACPI, AddrMPConfig)
+		return nil, fmt.Errorf("%d bytes of ACPI tables do not fit between %#x and %#x", len(blob), AddrACPI, AddrMPConfig)
 	}
-	if _, err := m.WriteAt(blob, AddrACPI); err != nil {
-		return 0, err
-	}
-	return AddrACPI, nil
+	return blob, nil
 }

@@ -4,48 +4,11 @@ import (
 	"bytes"
 	"encoding/binary"
 	"testing"
-
-	"github.com/ember-vmm/ember/vmm/memory"
 )
-
-func TestAMLPkgLength(t *testing.T) {
-	// ACPI 6.4 §20.2.4: the length includes the PkgLength bytes.
-	cases := []struct {
-		n    int
-		want []byte
-	}{
-		{0, []byte{0x01}},
-		{6, []byte{0x07}},
-		{62, []byte{0x3f}},
-		{63, []byte{0x41, 0x04}},                  // 65 = 0x041
-		{0xffd, []byte{0x4f, 0xff}},               // 0xfff, largest 2-byte
-		{0xffe, []byte{0x81, 0x00, 0x01}},         // 0x1001
-		{0xffffc, []byte{0x8f, 0xff, 0xff}},       // 0xfffff, largest 3-byte
-		{0xffffd, []byte{0xc1, 0x00, 0x00, 0x01}}, // 0x100001
-		{1 << 28, nil},
-		{-1, nil},
-	}
-	for _, c := range cases {
-		if got := amlPkgLength(c.n); !bytes.Equal(got, c.want) {
-			t.Errorf("amlPkgLength(%d) = % x, want % x", c.n, got, c.want)
-		}
-	}
-}
-
-func TestS5AML(t *testing.T) {
-	// Name (\_S5, Package (0x04) {0x05, 0x05, 0x00, 0x00}) as iasl encodes it.
-	want := []byte{0x08, 0x5c, 0x5f, 0x53, 0x35, 0x5f, 0x12, 0x08, 0x04, 0x0a, 0x05, 0x0a, 0x05, 0x00, 0x00}
-	if got := s5AML(); !bytes.Equal(got, want) {
-		t.Fatalf("\\_S5 AML\n got % x\nwant % x", got, want)
-	}
-	if SleepTypeS5 != 5 || SleepEnable != 0x20 {
-		t.Fatal("sleep constants changed")
-	}
-}
 
 // acpiTables walks RSDP → XSDT and returns every table by signature,
 // checking each checksum.
-func acpiTables(t *testing.T, m *memory.Memory, rsdpAddr uint64) map[string][]byte {
+func acpiTables(t *testing.T, m *fakeMem, rsdpAddr uint64) map[string][]byte {
 	t.Helper()
 	r := read(t, m, rsdpAddr, rsdpSize)
 	if string(r[:8]) != "RSD PTR " || checksum(r[:20]) != 0 || checksum(r) != 0 || r[rsdpOffRevision] != 2 ||
@@ -77,8 +40,8 @@ func acpiTables(t *testing.T, m *memory.Memory, rsdpAddr uint64) map[string][]by
 
 func TestACPITables(t *testing.T) {
 	for _, cpus := range []int{1, 4, MaxCPUs} {
-		m := memory.NewFake(64 << 20)
-		e, err := Load(Params{Kernel: synthBzImage(4096), CPUs: cpus, Mem: m, ACPI: true, AML: []byte{0xa3}})
+		m := newMem(64 << 20)
+		e, err := ld(tp{Kernel: synthBzImage(4096), CPUs: cpus, Mem: m, ACPI: true, AML: []byte{0xa3}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,11 +67,11 @@ func TestACPITables(t *testing.T) {
 			t.Fatalf("sleep registers % x", f[fadtOffSleepCtl:fadtOffSleepSts+gasSize])
 		}
 		d := ts["DSDT"]
-		if want := append(s5AML(), 0xa3); !bytes.Equal(d[acpiHeaderSize:], want) {
+		if want := testPlatform(true, []byte{0xa3}).ACPI.DSDT; !bytes.Equal(d[acpiHeaderSize:], want) {
 			t.Fatalf("DSDT body % x", d[acpiHeaderSize:])
 		}
 		a := ts["APIC"]
-		if le.Uint32(a[madtOffLAPIC:]) != LAPICAddr || le.Uint32(a[madtOffFlags:]) != 0 {
+		if le.Uint32(a[madtOffLAPIC:]) != testLAPIC || le.Uint32(a[madtOffFlags:]) != 0 {
 			t.Fatalf("MADT header % x", a[:madtHeaderSize])
 		}
 		var lapics, ioapics int
@@ -123,7 +86,7 @@ func TestACPITables(t *testing.T) {
 				}
 				lapics++
 			case madtIOAPIC:
-				if a[o+2] != byte(cpus) || le.Uint32(a[o+4:]) != IOAPICAddr || le.Uint32(a[o+8:]) != 0 {
+				if a[o+2] != byte(cpus) || le.Uint32(a[o+4:]) != testIOAPIC || le.Uint32(a[o+8:]) != 0 {
 					t.Errorf("I/O APIC entry % x", a[o:o+12])
 				}
 				ioapics++
@@ -136,7 +99,7 @@ func TestACPITables(t *testing.T) {
 	}
 }
 
-func checkMPTable(t *testing.T, m *memory.Memory, cpus int) {
+func checkMPTable(t *testing.T, m *fakeMem, cpus int) {
 	t.Helper()
 	f := read(t, m, AddrMP, 16)
 	if string(f[:4]) != "_MP_" || checksum(f) != 0 || f[8] != 1 || f[9] != 4 {
@@ -145,7 +108,7 @@ func checkMPTable(t *testing.T, m *memory.Memory, cpus int) {
 	cfg := uint64(binary.LittleEndian.Uint32(f[4:]))
 	hdr := read(t, m, cfg, mpHeaderSize)
 	tbl := read(t, m, cfg, int(binary.LittleEndian.Uint16(hdr[4:])))
-	if string(tbl[:4]) != "PCMP" || checksum(tbl) != 0 || binary.LittleEndian.Uint32(tbl[36:]) != LAPICAddr {
+	if string(tbl[:4]) != "PCMP" || checksum(tbl) != 0 || binary.LittleEndian.Uint32(tbl[36:]) != testLAPIC {
 		t.Fatalf("MP table header % x", tbl[:mpHeaderSize])
 	}
 	n := int(binary.LittleEndian.Uint16(tbl[34:]))
@@ -167,7 +130,7 @@ func checkMPTable(t *testing.T, m *memory.Memory, cpus int) {
 			o += mpCPUSize
 			continue
 		case mpIOAPIC:
-			if tbl[o+1] != byte(cpus) || tbl[o+2] != 0x11 || binary.LittleEndian.Uint32(tbl[o+4:]) != IOAPICAddr {
+			if tbl[o+1] != byte(cpus) || tbl[o+2] != 0x11 || binary.LittleEndian.Uint32(tbl[o+4:]) != testIOAPIC {
 				t.Errorf("I/O APIC entry % x", tbl[o:o+8])
 			}
 		case mpIOIntr:
@@ -189,8 +152,8 @@ func checkMPTable(t *testing.T, m *memory.Memory, cpus int) {
 }
 
 func TestMPTableWithoutACPI(t *testing.T) {
-	m := memory.NewFake(32 << 20)
-	if _, err := Load(Params{Kernel: synthELF(elfSpec{}), CPUs: 2, Mem: m}); err != nil {
+	m := newMem(32 << 20)
+	if _, err := ld(tp{Kernel: synthELF(elfSpec{}), CPUs: 2, Mem: m}); err != nil {
 		t.Fatal(err)
 	}
 	checkMPTable(t, m, 2)

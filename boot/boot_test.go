@@ -6,10 +6,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
-	"github.com/ember-vmm/ember/vmm/memory"
+	"github.com/ember-vmm/ember/boot/elf64/elf64test"
 )
 
 // bz describes a synthetic bzImage.
@@ -73,15 +76,6 @@ func synthBzImage(n int) []byte {
 	b := defaultBz()
 	b.payload = n
 	return b.build()
-}
-
-func read(t *testing.T, m *memory.Memory, addr uint64, n int) []byte {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := m.ReadAt(b, int64(addr)); err != nil {
-		t.Fatalf("read %#x+%d: %v", addr, n, err)
-	}
-	return b
 }
 
 func TestOffsetsPinnedToSpec(t *testing.T) {
@@ -182,7 +176,7 @@ func decodeDescriptor(d uint64, sel uint16) Segment {
 }
 
 // checkGDT checks that the in-memory GDT describes the loaded segments.
-func checkGDT(t *testing.T, m *memory.Memory, st CPUState) {
+func checkGDT(t *testing.T, m *fakeMem, st CPUState) {
 	t.Helper()
 	gdt := read(t, m, st.GDT.Base, int(st.GDT.Limit)+1)
 	for _, s := range []Segment{st.CS, st.DS, st.TR} {
@@ -203,7 +197,7 @@ func checkGDT(t *testing.T, m *memory.Memory, st CPUState) {
 }
 
 // translate walks the 4-level page tables the loader wrote.
-func translate(t *testing.T, m *memory.Memory, cr3, va uint64) uint64 {
+func translate(t *testing.T, m *fakeMem, cr3, va uint64) uint64 {
 	t.Helper()
 	e := binary.LittleEndian.Uint64(read(t, m, cr3+(va>>39&511)*8, 8))
 	if e&ptePresent == 0 {
@@ -220,13 +214,13 @@ func translate(t *testing.T, m *memory.Memory, cr3, va uint64) uint64 {
 	return e&^0x1fffff | va&0x1fffff
 }
 
-func zeroPage(t *testing.T, m *memory.Memory) []byte { return read(t, m, AddrZeroPage, zpSize) }
+func zeroPage(t *testing.T, m *fakeMem) []byte { return read(t, m, AddrZeroPage, zpSize) }
 
 func TestLoadBzImage(t *testing.T) {
-	m := memory.NewFake(64 << 20)
+	m := newMem(64 << 20)
 	k := synthBzImage(8192)
 	initrd := bytes.Repeat([]byte{0xab}, 10000)
-	e, err := Load(Params{Kernel: k, KernelPath: "bz", Initrd: initrd, Cmdline: "console=ttyS0", CPUs: 2, Mem: m})
+	e, err := ld(tp{Kernel: k, KernelPath: "bz", Initrd: initrd, Cmdline: "console=ttyS0", CPUs: 2, Mem: m})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,9 +309,9 @@ func TestPlacement(t *testing.T) {
 	for _, c := range cases {
 		b := defaultBz()
 		c.mod(&b)
-		m := memory.NewFake(64 << 20)
+		m := newMem(64 << 20)
 		k := b.build()
-		e, err := Load(Params{Kernel: k, CPUs: 1, Mem: m, Initrd: []byte("x")})
+		e, err := ld(tp{Kernel: k, CPUs: 1, Mem: m, Initrd: []byte("x")})
 		if err != nil {
 			t.Errorf("%s: %v", c.name, err)
 			continue
@@ -334,8 +328,8 @@ func TestPlacement(t *testing.T) {
 func TestInitrdBelowAddrMax(t *testing.T) {
 	b := defaultBz()
 	b.initrdMax = 0x2000000 - 1
-	m := memory.NewFake(64 << 20)
-	e, err := Load(Params{Kernel: b.build(), CPUs: 1, Mem: m, Initrd: make([]byte, 5000)})
+	m := newMem(64 << 20)
+	e, err := ld(tp{Kernel: b.build(), CPUs: 1, Mem: m, Initrd: make([]byte, 5000)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,12 +339,12 @@ func TestInitrdBelowAddrMax(t *testing.T) {
 }
 
 func TestHighMemoryInE820(t *testing.T) {
-	m := memory.NewFake(memory.HoleStart + 256<<20)
-	if _, err := Load(Params{Kernel: synthBzImage(4096), CPUs: 1, Mem: m}); err != nil {
+	m := newMem(testHoleStart + 256<<20)
+	if _, err := ld(tp{Kernel: synthBzImage(4096), CPUs: 1, Mem: m}); err != nil {
 		t.Fatal(err)
 	}
 	checkE820(t, zeroPage(t, m), []e820Entry{
-		{0, 0x9fc00, 1}, {0x9fc00, 0x60400, 2}, {0x100000, memory.HoleStart - 0x100000, 1}, {memory.HighStart, 256 << 20, 1},
+		{0, 0x9fc00, 1}, {0x9fc00, 0x60400, 2}, {0x100000, testHoleStart - 0x100000, 1}, {testHighStart, 256 << 20, 1},
 	})
 }
 
@@ -380,12 +374,12 @@ func TestBadKernels(t *testing.T) {
 		{"elf32", set(synthELF(elfSpec{}), 4, 1), ErrUnsupported, "ELF"},
 	}
 	for _, c := range cases {
-		_, err := Detect(c.k)
+		_, err := detect(c.k)
 		if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) {
-			t.Errorf("%s: Detect = %v, want %v containing %q", c.name, err, c.want, c.msg)
+			t.Errorf("%s: ParseKernel = %v, want %v containing %q", c.name, err, c.want, c.msg)
 		}
-		_, err = Load(Params{Kernel: c.k, KernelPath: "/k/vmlinuz", CPUs: 1, Mem: memory.NewFake(32 << 20)})
-		if !errors.Is(err, c.want) || !strings.HasPrefix(err.Error(), "/k/vmlinuz: ") || strings.Contains(err.Error(), "\n") {
+		_, err = ld(tp{Kernel: c.k, KernelPath: "/k/vmlinuz", CPUs: 1, Mem: newMem(32 << 20)})
+		if !errors.Is(err, c.want) || !strings.HasPrefix(err.Error(), "kernel /k/vmlinuz: ") || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%s: Load = %v, want %v starting with the path", c.name, err, c.want)
 		}
 	}
@@ -399,18 +393,18 @@ func TestBadParams(t *testing.T) {
 	short.cmdlineSize = 10
 	cases := []struct {
 		name string
-		p    Params
+		p    tp
 		want error
 		msg  string
 	}{
-		{"initrd too big", Params{Initrd: make([]byte, 40<<20)}, ErrNoRoom, "initrd (40 MiB) does not fit"},
-		{"cmdline over cmdline_size", Params{Kernel: short.build(), Cmdline: "console=ttyS0"}, ErrCmdline, "command line is 13 bytes, vmlinuz accepts at most 10 (cmdline_size)"},
-		{"cmdline over MaxCmdline", Params{Cmdline: strings.Repeat("x", MaxCmdline)}, ErrCmdline, "command line is 4096 bytes"},
-		{"cmdline with NUL", Params{Cmdline: "a\x00b"}, ErrCmdline, "NUL"},
-		{"memory too small", Params{Mem: memory.NewFake(8 << 20)}, ErrNoRoom, "memory too small"},
-		{"init_size beyond RAM", Params{Kernel: tooBig.build()}, ErrNoRoom, "memory too small: kernel needs RAM up to"},
-		{"no CPUs", Params{CPUs: -1}, ErrParams, "cpus"},
-		{"too many CPUs", Params{CPUs: 255}, ErrParams, "cpus 255"},
+		{"initrd too big", tp{Initrd: make([]byte, 40<<20)}, ErrNoRoom, "initrd (40 MiB) does not fit"},
+		{"cmdline over cmdline_size", tp{Kernel: short.build(), Cmdline: "console=ttyS0"}, ErrCmdline, "command line is 13 bytes, vmlinuz accepts at most 10 (cmdline_size)"},
+		{"cmdline over MaxCmdline", tp{Cmdline: strings.Repeat("x", MaxCmdline)}, ErrCmdline, "command line is 4096 bytes"},
+		{"cmdline with NUL", tp{Cmdline: "a\x00b"}, ErrCmdline, "NUL"},
+		{"memory too small", tp{Mem: newMem(8 << 20)}, ErrNoRoom, "memory too small"},
+		{"init_size beyond RAM", tp{Kernel: tooBig.build()}, ErrNoRoom, "memory too small: kernel needs RAM up to"},
+		{"no CPUs", tp{CPUs: -1}, ErrParams, "cpus"},
+		{"too many CPUs", tp{CPUs: 255}, ErrParams, "cpus 255"},
 	}
 	for _, c := range cases {
 		p := c.p
@@ -418,18 +412,18 @@ func TestBadParams(t *testing.T) {
 			p.Kernel = good
 		}
 		if p.Mem == nil {
-			p.Mem = memory.NewFake(32 << 20)
+			p.Mem = newMem(32 << 20)
 		}
 		if p.CPUs == 0 {
 			p.CPUs = 1
 		}
 		p.KernelPath = "vmlinuz"
-		_, err := Load(p)
+		_, err := ld(p)
 		if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) {
 			t.Errorf("%s: Load = %v, want %v containing %q", c.name, err, c.want, c.msg)
 		}
 	}
-	if _, err := Load(Params{Kernel: good, CPUs: 1}); !errors.Is(err, ErrParams) {
+	if _, err := ld(tp{Kernel: good, CPUs: 1}); !errors.Is(err, ErrParams) {
 		t.Errorf("nil memory: %v", err)
 	}
 }
@@ -459,16 +453,18 @@ func TestRealKernels(t *testing.T) {
 		t.Skip("SKIPPED: NO REAL KERNEL FOUND (set EMBER_TEST_KERNEL or unpack Debian's linux-image packages); only synthetic kernels were tested")
 	}
 	for _, p := range paths {
+		kf, err := OpenKernel(p)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		proto := kf.Protocol
+		kf.Close()
 		k, err := os.ReadFile(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		proto, err := Detect(k)
-		if err != nil {
-			t.Fatalf("%s: %v", p, err)
-		}
-		m := memory.NewFake(512 << 20)
-		e, err := Load(Params{Kernel: k, KernelPath: p, CPUs: 2, Mem: m, ACPI: true,
+		m := newMem(512 << 20)
+		e, err := ld(tp{Kernel: k, KernelPath: p, CPUs: 2, Mem: m, ACPI: true,
 			Initrd: bytes.Repeat([]byte("07070100"), 1<<17), Cmdline: "console=ttyS0 panic=-1"})
 		if err != nil {
 			t.Fatalf("%s: %v", p, err)
@@ -487,4 +483,97 @@ func TestRealKernels(t *testing.T) {
 		}
 		t.Logf("%s: %s entry %#x kernel end %#x initrd %#x", filepath.Base(p), e.Protocol, e.BSP.RIP, e.KernelEnd, e.Initrd[0])
 	}
+}
+
+// allocated runs f and returns how many bytes it allocated.
+func allocated(f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	f()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// TestHugeKernelFileNotReadWhole: a 1 GiB file (sparse here) used to be
+// read into memory whole before "not a Linux kernel"; only its header may
+// be read now. A valid setup header in front of 1 GiB is refused by Check,
+// before any guest memory exists, since the kernel cannot fit.
+func TestHugeKernelFileNotReadWhole(t *testing.T) {
+	for _, c := range []struct {
+		head []byte
+		want error
+	}{
+		{[]byte("MZ not a kernel"), ErrNotKernel},
+		{synthBzImage(4096)[:1024], ErrNoRoom},
+	} {
+		p := filepath.Join(t.TempDir(), "huge")
+		if err := os.WriteFile(p, c.head, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(p, 1<<30); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		n := allocated(func() {
+			var k *Kernel
+			if k, err = OpenKernel(p); err != nil {
+				return
+			}
+			defer k.Close()
+			err = Check(Params{Kernel: k, CPUs: 1, RAM: []Range{{0, 512 << 20}}, Platform: testPlatform(true, nil)})
+		})
+		if n > 1<<20 {
+			t.Errorf("OpenKernel and Check on a 1 GiB file allocated %d bytes", n)
+		}
+		if !errors.Is(err, c.want) {
+			t.Errorf("1 GiB file starting %q: %v, want %v", c.head[:2], err, c.want)
+		}
+	}
+}
+
+// TestOpenKernelSpecialFiles: a FIFO or a directory is refused at once.
+func TestOpenKernelSpecialFiles(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{fifo, dir} {
+		done := make(chan error, 1)
+		go func() { _, err := OpenKernel(p); done <- err }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+				t.Errorf("OpenKernel(%s) = %v", p, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("OpenKernel(%s) hangs", p)
+		}
+	}
+}
+
+// TestELFCompressedNoteBomb: an ELF vmlinux whose only note is a
+// compressed section claiming 256 MiB made debug/elf allocate over a
+// gigabyte; now the section is skipped unread.
+func TestELFCompressedNoteBomb(t *testing.T) {
+	k := bombELF()
+	var err error
+	n := allocated(func() { _, err = detect(k) })
+	if !errors.Is(err, ErrNoPVHEntry) {
+		t.Fatalf("detect = %v, want ErrNoPVHEntry", err)
+	}
+	if n > 1<<20 {
+		t.Fatalf("an %d-byte ELF file made the parser allocate %d bytes", len(k), n)
+	}
+}
+
+// bombELF is a PVH-less vmlinux whose only note is a compressed section
+// (zlib header claiming 256 MiB, 8000 bytes of data).
+func bombELF() []byte {
+	return elf64test.File{
+		Progs: []elf64test.Prog{{Type: elf64test.PTLoad, Paddr: 0x1000000, Memsz: 0x1000, Data: []byte{0xf4}}},
+		Sections: []elf64test.Section{{Name: ".note.x", Type: elf64test.SHTNote, Flags: elf64test.SHFCompressed,
+			Data: elf64test.CompressedBomb(256<<20, 8000)}},
+	}.Bytes()
 }

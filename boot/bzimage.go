@@ -3,9 +3,8 @@ package boot
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math/bits"
-
-	"github.com/ember-vmm/ember/vmm/memory"
 )
 
 // Setup header offsets within the bzImage and the zero page
@@ -69,21 +68,27 @@ type setup struct {
 	initrdMax   uint64
 	cmdlineSize uint64
 	initSize    uint64
-	hdrEnd      int    // end offset of the setup header in the file
-	kernel      []byte // the protected-mode part
+	hdr         []byte // the file's first hdrEnd bytes (setup header included)
+	kernelOff   int64  // the protected-mode part: file offset and length
+	kernelLen   uint64
 }
 
 func u16(b []byte, off int) uint16 { return binary.LittleEndian.Uint16(b[off:]) }
 func u32(b []byte, off int) uint32 { return binary.LittleEndian.Uint32(b[off:]) }
 func u64(b []byte, off int) uint64 { return binary.LittleEndian.Uint64(b[off:]) }
 
-// parseSetup validates the header of a bzImage for the 64-bit boot protocol.
-func parseSetup(k []byte) (*setup, error) {
+// parseSetup validates the header of a size-byte bzImage for the 64-bit
+// boot protocol. It reads the first offHdrMax bytes only.
+func parseSetup(r io.ReaderAt, size int64) (*setup, error) {
+	k := make([]byte, min(size, offHdrMax))
+	if n, err := r.ReadAt(k, 0); n < len(k) {
+		return nil, fmt.Errorf("reading the setup header: %w", err)
+	}
 	if len(k) < offHeader+4 || u32(k, offHeader) != magicHdrS {
 		return nil, ErrNotKernel
 	}
 	if len(k) < offInitSize+4 {
-		return nil, errorf(ErrTruncated, "truncated: %d bytes is shorter than a bzImage setup header", len(k))
+		return nil, errorf(ErrTruncated, "truncated: %d bytes is shorter than a bzImage setup header", size)
 	}
 	if f := u16(k, offBootFlag); f != bootFlag {
 		return nil, errorf(ErrUnsupported, "boot_flag is %#04x, want 0xaa55", f)
@@ -99,36 +104,37 @@ func parseSetup(k []byte) (*setup, error) {
 	if s.version < xlfVersion || u16(k, offXLoadflags)&xlfKernel64 == 0 {
 		return nil, errorf(ErrUnsupported, "boot protocol %s kernel has no 64-bit entry point (XLF_KERNEL_64); need an x86-64 bzImage", v)
 	}
-	sects := int(k[offSetupSects])
+	sects := int64(k[offSetupSects])
 	if sects == 0 {
 		sects = 4
 	}
 	setupEnd := (sects + 1) * 512
-	if setupEnd >= len(k) {
-		return nil, errorf(ErrTruncated, "truncated: setup header says %d setup sectors but file has %d bytes", sects, len(k))
+	if setupEnd >= size {
+		return nil, errorf(ErrTruncated, "truncated: setup header says %d setup sectors but file has %d bytes", sects, size)
 	}
-	s.kernel = k[setupEnd:]
+	s.kernelOff, s.kernelLen = setupEnd, uint64(size-setupEnd)
 	// syssize counts 16-byte paragraphs of the protected-mode part (2.04+).
-	if sys := uint64(u32(k, offSyssize)) * 16; sys > uint64(len(s.kernel)) {
+	if sys := uint64(u32(k, offSyssize)) * 16; sys > s.kernelLen {
 		return nil, errorf(ErrTruncated, "truncated: setup header says the kernel is %d bytes after the setup but the file has %d",
-			sys, len(s.kernel))
+			sys, s.kernelLen)
 	}
 	// The compressed payload (2.08+) must be wholly inside the file.
 	po, pl := uint64(u32(k, offPayloadOffset)), uint64(u32(k, offPayloadLength))
-	if po+pl > uint64(len(s.kernel)) {
+	if po+pl > s.kernelLen {
 		return nil, errorf(ErrTruncated, "truncated: the compressed kernel ends at byte %d but the file has %d",
-			uint64(setupEnd)+po+pl, len(k))
+			uint64(setupEnd)+po+pl, size)
 	}
 	// The header ends where the jump at 0x200 lands (boot.rst, "64-bit Boot
 	// Protocol"); it must cover the fields read here and stay in its room.
-	s.hdrEnd = min(max(offHeader+int(k[offJump+1]), offInitSize+4), offHdrMax)
+	hdrEnd := min(max(offHeader+int(k[offJump+1]), offInitSize+4), offHdrMax)
+	s.hdr = k[:hdrEnd]
 
 	s.relocatable = k[offRelocatable] != 0
 	s.align = uint64(u32(k, offKernelAlign))
 	s.pref = u64(k, offPrefAddress)
 	s.initrdMax = uint64(u32(k, offInitrdAddrMax))
 	s.cmdlineSize = uint64(u32(k, offCmdlineSize))
-	s.initSize = max(uint64(u32(k, offInitSize)), uint64(len(s.kernel)))
+	s.initSize = max(uint64(u32(k, offInitSize)), s.kernelLen)
 	if s.relocatable && (s.align == 0 || bits.OnesCount64(s.align) != 1) {
 		return nil, errorf(ErrUnsupported, "kernel_alignment %#x is not a power of two", s.align)
 	}
@@ -155,7 +161,7 @@ func (s *setup) placement(ramEnd uint64) (load, end uint64, err error) {
 		end = run + s.initSize
 	} else {
 		load, run = HighMemStart, pref
-		end = max(load+uint64(len(s.kernel)), run+s.initSize)
+		end = max(load+s.kernelLen, run+s.initSize)
 	}
 	if end > ramEnd {
 		return 0, 0, errorf(ErrNoRoom, "memory too small: kernel needs RAM up to %#x (runs at %#x, init_size %d MiB) but RAM below 4 GiB ends at %#x",
@@ -164,51 +170,48 @@ func (s *setup) placement(ramEnd uint64) (load, end uint64, err error) {
 	return load, end, nil
 }
 
-func loadBzImage(p Params, rsdp uint64) (*Entry, error) {
-	name := kernelName(p)
-	s, err := parseSetup(p.Kernel)
+// planBzImage places the kernel, checks the command line against
+// cmdline_size and sets the initrd's limit.
+func planBzImage(pl *plan) error {
+	s, name := pl.p.Kernel.bz, pl.p.Kernel.Name
+	load, end, err := s.placement(pl.ramEnd)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+		return fmt.Errorf("kernel %s: %w", name, err)
 	}
-	m := p.Mem
-	ramEnd := lowEnd(m)
-	load, end, err := s.placement(ramEnd)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+	if uint64(len(pl.p.Cmdline)) > s.cmdlineSize {
+		return errorf(ErrCmdline, "command line is %d bytes, %s accepts at most %d (cmdline_size)", len(pl.p.Cmdline), name, s.cmdlineSize)
 	}
-	if uint64(len(p.Cmdline)) > s.cmdlineSize {
-		return nil, errorf(ErrCmdline, "command line is %d bytes, %s accepts at most %d (cmdline_size)", len(p.Cmdline), name, s.cmdlineSize)
-	}
-	if _, err := m.WriteAt(s.kernel, int64(load)); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	if err := writeCmdline(m, p.Cmdline); err != nil {
-		return nil, err
-	}
+	pl.load, pl.end = load, end
 	// initrd_addr_max is the highest byte the initrd may occupy.
-	limit, limitName := ramEnd, "end of RAM below 4 GiB"
-	if s.initrdMax+1 < limit {
-		limit, limitName = s.initrdMax+1, "initrd_addr_max+1"
+	pl.initrdLimit, pl.initrdLimitName = pl.ramEnd, "end of RAM below 4 GiB"
+	if s.initrdMax+1 < pl.initrdLimit {
+		pl.initrdLimit, pl.initrdLimitName = s.initrdMax+1, "initrd_addr_max+1"
 	}
-	initrd, err := placeInitrd(m, p.Initrd, (end+memory.PageSize-1)&^(memory.PageSize-1), limit, limitName)
-	if err != nil {
-		return nil, err
-	}
+	return nil
+}
 
+// writeBzImage copies the protected-mode part to its load address and
+// writes the zero page, page tables and GDT (boot.rst, "64-bit Boot
+// Protocol").
+func writeBzImage(pl *plan) (*Entry, error) {
+	p, s, m := pl.p, pl.p.Kernel.bz, pl.p.Mem
+	if err := copyToGuest(m, pl.load, p.Kernel.r, s.kernelOff, s.kernelLen); err != nil {
+		return nil, fmt.Errorf("kernel %s: %w", p.Kernel.Name, err)
+	}
 	zp := make([]byte, zpSize)
-	copy(zp[offSetupSects:s.hdrEnd], p.Kernel[offSetupSects:s.hdrEnd])
+	copy(zp[offSetupSects:len(s.hdr)], s.hdr[offSetupSects:])
 	le := binary.LittleEndian
 	le.PutUint16(zp[offVidMode:], vidModeNorm)
 	zp[offTypeOfLoader] = loaderAnon
-	le.PutUint32(zp[offCode32Start:], uint32(load))
+	le.PutUint32(zp[offCode32Start:], uint32(pl.load))
 	le.PutUint32(zp[offCmdLinePtr:], AddrCmdline)
-	le.PutUint32(zp[offRamdiskImage:], uint32(initrd))
-	le.PutUint32(zp[offRamdiskSize:], uint32(len(p.Initrd)))
-	le.PutUint32(zp[zpExtRamdisk:], uint32(initrd>>32))
-	le.PutUint32(zp[zpExtRamdiskSz:], uint32(uint64(len(p.Initrd))>>32))
+	le.PutUint32(zp[offRamdiskImage:], uint32(pl.initrd))
+	le.PutUint32(zp[offRamdiskSize:], uint32(p.InitrdSize))
+	le.PutUint32(zp[zpExtRamdisk:], uint32(pl.initrd>>32))
+	le.PutUint32(zp[zpExtRamdiskSz:], uint32(uint64(p.InitrdSize)>>32))
 	le.PutUint64(zp[offSetupData:], 0) // no setup_data list, whatever the file says
-	le.PutUint64(zp[zpACPIRSDP:], rsdp)
-	es := e820Map(m)
+	le.PutUint64(zp[zpACPIRSDP:], pl.rsdp)
+	es := e820Map(p.RAM)
 	zp[zpE820Entries] = byte(len(es))
 	for i, e := range es {
 		o := zpE820Table + i*zpE820EntrySize
@@ -229,10 +232,10 @@ func loadBzImage(p Params, rsdp uint64) (*Entry, error) {
 	}
 	return &Entry{
 		Protocol:  Linux64,
-		KernelEnd: end,
-		Initrd:    [2]uint64{initrd, uint64(len(p.Initrd))},
+		KernelEnd: pl.end,
+		Initrd:    [2]uint64{pl.initrd, uint64(p.InitrdSize)},
 		BSP: CPUState{
-			RIP: load + entry64Delta, RSP: AddrStack, RSI: AddrZeroPage, RFLAGS: rflagsFixed,
+			RIP: pl.load + entry64Delta, RSP: AddrStack, RSI: AddrZeroPage, RFLAGS: rflagsFixed,
 			CR0:  cr0PE | cr0ET | cr0NE | cr0WP | cr0PG,
 			CR3:  AddrPML4,
 			CR4:  cr4PAE,
@@ -268,7 +271,7 @@ const (
 // writePageTables identity-maps the first 4 GiB with 2 MiB pages, which
 // covers the kernel's init_size footprint, zero page and command line as the
 // 64-bit boot protocol requires.
-func writePageTables(m *memory.Memory) error {
+func writePageTables(m io.WriterAt) error {
 	b := make([]byte, 4096*(2+numPD))
 	binary.LittleEndian.PutUint64(b[0:], AddrPDPT|ptePresent|pteWrite)
 	for i := uint64(0); i < numPD; i++ {

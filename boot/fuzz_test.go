@@ -1,12 +1,11 @@
 package boot
 
 import (
+	"bytes"
 	"testing"
-
-	"github.com/ember-vmm/ember/vmm/memory"
 )
 
-// FuzzDetectAndLoad feeds arbitrary kernel files to Detect and Load: they
+// FuzzDetectAndLoad feeds arbitrary kernel files to ParseKernel and Load: they
 // may only return errors, never panic or write outside guest RAM.
 func FuzzDetectAndLoad(f *testing.F) {
 	// Small seeds keep the fuzzer's minimisation quick.
@@ -18,12 +17,12 @@ func FuzzDetectAndLoad(f *testing.F) {
 	f.Add(synthELF(elfSpec{segs: []elfSeg{{0x1000000, []byte{0xf4}, 0x40}}}))
 	f.Add([]byte{0x7f, 'E', 'L', 'F', 2, 1, 1, 0})
 	f.Add([]byte("MZ garbage"))
-	m := memory.NewFake(32 << 20)
+	m := newMem(32 << 20)
 	f.Fuzz(func(t *testing.T, k []byte) {
-		p, derr := Detect(k)
-		e, lerr := Load(Params{Kernel: k, KernelPath: "fuzz", Initrd: []byte("initrd"), Cmdline: "x", CPUs: 2, Mem: m, ACPI: true})
+		p, derr := detect(k)
+		e, lerr := ld(tp{Kernel: k, KernelPath: "fuzz", Initrd: []byte("initrd"), Cmdline: "x", CPUs: 2, Mem: m, ACPI: true})
 		if lerr == nil && (derr != nil || e.Protocol != p) {
-			t.Fatalf("Load accepted what Detect refused (%v) or disagrees on the protocol", derr)
+			t.Fatalf("Load accepted what ParseKernel refused (%v) or disagrees on the protocol", derr)
 		}
 		if lerr == nil && (e.KernelEnd > 32<<20 || e.Initrd[0] < e.KernelEnd) {
 			t.Fatalf("entry outside RAM or initrd over the kernel: %+v", e)
@@ -38,12 +37,12 @@ func FuzzELF(f *testing.F) {
 	f.Add(synthELF(elfSpec{segs: seg, desc8: true}))
 	f.Add(synthELF(elfSpec{segs: seg, noNote: true}))
 	f.Add(synthELF(elfSpec{segs: []elfSeg{{0x1000000, make([]byte, 64), 0x100}, {0x1100000, make([]byte, 8), 0x40}}}))
-	m := memory.NewFake(32 << 20)
+	m := newMem(32 << 20)
 	f.Fuzz(func(t *testing.T, k []byte) {
-		if _, err := parseELF(k); err != nil {
+		if _, err := parseELF(bytes.NewReader(k), int64(len(k))); err != nil {
 			return
 		}
-		e, err := Load(Params{Kernel: k, CPUs: 1, Mem: m})
+		e, err := ld(tp{Kernel: k, CPUs: 1, Mem: m})
 		if err == nil && e.Protocol != PVH {
 			t.Fatalf("ELF loaded as %v", e.Protocol)
 		}

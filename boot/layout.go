@@ -57,24 +57,9 @@ const (
 	MaxCmdline = 4096
 	// MinLowMem is the least RAM below the 32-bit hole Load accepts.
 	MinLowMem = 16 << 20
-	// IOAPICAddr and LAPICAddr are where KVM's in-kernel chips live.
-	IOAPICAddr = 0xfec00000
-	LAPICAddr  = 0xfee00000
 	// MaxCPUs is the most CPUs the MP/ACPI tables describe: APIC IDs are
 	// 0..CPUs-1 and the I/O APIC takes ID CPUs, all below the broadcast 0xff.
 	MaxCPUs = 254
-)
-
-// ACPI power management interface the FADT advertises (ACPI 6.4 §4.8.3.7,
-// hardware-reduced sleep registers). The guest powers off by writing
-// SleepTypeS5<<2 | SleepEnable to PortSleepControl.
-const (
-	PortSleepControl = 0x0ff8
-	PortSleepStatus  = 0x0ff9
-	// SleepTypeS5 is the SLP_TYP value the DSDT's \_S5 package declares.
-	SleepTypeS5 = 5
-	// SleepEnable is SLP_EN in the sleep control register.
-	SleepEnable = 1 << 5
 )
 
 // GDT selectors. Linux64 needs __BOOT_CS = 0x10 and __BOOT_DS = 0x18

@@ -3,83 +3,165 @@ package boot
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 	"strings"
-
-	"github.com/ember-vmm/ember/vmm/memory"
 )
 
-// Params are the inputs of Load.
+// Range is a span of guest-physical addresses.
+type Range struct {
+	Start, Size uint64
+}
+
+// End is the first address after r.
+func (r Range) End() uint64 { return r.Start + r.Size }
+
+// Platform is what the machine tells the loader about itself; ember's
+// platform table derives it. Load writes it into the MP table and, with
+// ACPI set, the ACPI tables.
+type Platform struct {
+	// LAPIC and IOAPIC are the interrupt controllers' MMIO addresses.
+	LAPIC, IOAPIC uint32
+	// ACPI, when set, makes Load write ACPI tables.
+	ACPI *ACPI
+}
+
+// ACPI is the content of the ACPI tables beyond what Load derives (the
+// MADT comes from CPUs and Platform).
+type ACPI struct {
+	// DSDT is the AML body of the DSDT (device declarations, \_S5).
+	DSDT []byte
+	// SleepControl and SleepStatus are the FADT's hardware-reduced sleep
+	// registers (one-byte I/O ports).
+	SleepControl, SleepStatus uint16
+}
+
+// Params are the inputs of Load and Check.
 type Params struct {
-	Kernel     []byte // the whole kernel file
-	KernelPath string // names the kernel in errors
-	Initrd     []byte // may be empty
+	Kernel *Kernel
+	// Initrd holds InitrdSize bytes of initramfs; nil for none.
+	Initrd     io.ReaderAt
+	InitrdSize int64
 	Cmdline    string // the complete command line
 	CPUs       int    // 1..MaxCPUs
-	Mem        *memory.Memory
-	// ACPI also writes ACPI tables (RSDP, XSDT, FADT, MADT, DSDT).
-	ACPI bool
-	// AML is appended to the DSDT's body (device declarations); optional.
-	AML []byte
+	// RAM lists guest RAM in ascending order; the first range starts at 0.
+	RAM []Range
+	// Mem is guest RAM, written at guest-physical addresses; Check needs
+	// none.
+	Mem      io.WriterAt
+	Platform Platform
 }
 
-// isELF tells an ELF file by its magic number.
-func isELF(k []byte) bool { return len(k) >= 4 && string(k[:4]) == "\x7fELF" }
-
-// Detect tells a bzImage from an ELF vmlinux and validates its headers, so
-// a bad file is refused before any VM exists. Its errors do not name the
-// file; the caller does.
-func Detect(kernel []byte) (Protocol, error) {
-	if isELF(kernel) {
-		if _, err := parseELF(kernel); err != nil {
-			return 0, err
-		}
-		return PVH, nil
-	}
-	if _, err := parseSetup(kernel); err != nil {
-		return 0, err
-	}
-	return Linux64, nil
+// plan is where everything goes; Check computes it, Load writes it.
+type plan struct {
+	p               Params
+	ramEnd          uint64 // end of the RAM range at 0
+	load, end       uint64 // kernel load address and end of its footprint
+	initrdLimit     uint64 // the initrd must end at or below this
+	initrdLimitName string
+	initrd          uint64
+	acpi            []byte // the ACPI blob at AddrACPI, RSDP first
+	rsdp            uint64
+	mp              []byte // the MP configuration table
 }
 
-// Load writes the kernel, initrd, command line and platform tables into
-// p.Mem and returns the boot CPU state. Errors about the kernel file start
-// with p.KernelPath.
-func Load(p Params) (*Entry, error) {
+// Check validates p and computes where the kernel, initrd and tables go,
+// without guest memory: everything Load would refuse, Check refuses, so a
+// bad combination of kernel, RAM, initrd and command line is reported
+// before any VM exists.
+func Check(p Params) error {
+	_, err := newPlan(p)
+	return err
+}
+
+func newPlan(p Params) (*plan, error) {
 	if err := checkParams(p); err != nil {
 		return nil, err
 	}
-	var rsdp uint64
-	if p.ACPI {
-		var err error
-		if rsdp, err = writeACPI(p.Mem, p.CPUs, p.AML); err != nil {
-			return nil, fmt.Errorf("ACPI tables: %w", err)
-		}
-	}
-	var e *Entry
+	pl := &plan{p: p, ramEnd: p.RAM[0].End()}
 	var err error
-	if isELF(p.Kernel) {
-		e, err = loadPVH(p, rsdp)
-	} else {
-		e, err = loadBzImage(p, rsdp)
+	switch p.Kernel.Protocol {
+	case Linux64:
+		err = planBzImage(pl)
+	case PVH:
+		err = planPVH(pl)
+	default:
+		err = errorf(ErrParams, "kernel %s: unknown protocol", p.Kernel.Name)
 	}
 	if err != nil {
 		return nil, err
 	}
-	e.RSDP = rsdp
-	if err := writeMPTable(p.Mem, p.CPUs); err != nil {
+	floor := (pl.end + pageSize - 1) &^ (pageSize - 1)
+	if pl.initrd, err = placeInitrd(uint64(p.InitrdSize), floor, pl.initrdLimit, pl.initrdLimitName); err != nil {
+		return nil, err
+	}
+	if a := p.Platform.ACPI; a != nil {
+		if pl.acpi, err = acpiBlob(p.CPUs, p.Platform, a); err != nil {
+			return nil, fmt.Errorf("ACPI tables: %w", err)
+		}
+		pl.rsdp = AddrACPI
+	}
+	if pl.mp, err = mpConfigTable(p.CPUs, p.Platform); err != nil {
+		return nil, fmt.Errorf("MP table: %w", err)
+	}
+	return pl, nil
+}
+
+// Load writes the kernel, initrd, command line and platform tables into
+// p.Mem and returns the boot CPU's state. Errors about the kernel file
+// name it.
+func Load(p Params) (*Entry, error) {
+	pl, err := newPlan(p)
+	if err != nil {
+		return nil, err
+	}
+	if p.Mem == nil {
+		return nil, errorf(ErrParams, "no guest memory to load into")
+	}
+	if pl.acpi != nil {
+		if _, err := p.Mem.WriteAt(pl.acpi, AddrACPI); err != nil {
+			return nil, fmt.Errorf("ACPI tables: %w", err)
+		}
+	}
+	if err := writeCmdline(p.Mem, p.Cmdline); err != nil {
+		return nil, err
+	}
+	if p.InitrdSize > 0 {
+		if err := copyToGuest(p.Mem, pl.initrd, p.Initrd, 0, uint64(p.InitrdSize)); err != nil {
+			return nil, fmt.Errorf("initrd: %w", err)
+		}
+	}
+	var e *Entry
+	if p.Kernel.Protocol == PVH {
+		e, err = writePVH(pl)
+	} else {
+		e, err = writeBzImage(pl)
+	}
+	if err != nil {
+		return nil, err
+	}
+	e.RSDP = pl.rsdp
+	if err := writeMPTable(p.Mem, pl.mp); err != nil {
 		return nil, fmt.Errorf("MP table: %w", err)
 	}
 	return e, nil
 }
 
 func checkParams(p Params) error {
-	if p.Mem == nil || len(p.Mem.Regions()) == 0 || p.Mem.Regions()[0].GPA != 0 {
+	if p.Kernel == nil {
+		return errorf(ErrParams, "no kernel")
+	}
+	if len(p.RAM) == 0 || p.RAM[0].Start != 0 {
 		return errorf(ErrParams, "no guest RAM at address 0")
+	}
+	for i := 1; i < len(p.RAM); i++ {
+		if p.RAM[i].Start < p.RAM[i-1].End() || p.RAM[i].End() < p.RAM[i].Start {
+			return errorf(ErrParams, "guest RAM ranges overlap or are out of order")
+		}
 	}
 	if p.CPUs < 1 || p.CPUs > MaxCPUs {
 		return errorf(ErrParams, "cpus %d out of range 1..%d", p.CPUs, MaxCPUs)
 	}
-	if low := lowEnd(p.Mem); low < MinLowMem {
+	if low := p.RAM[0].Size; low < MinLowMem {
 		return errorf(ErrNoRoom, "memory too small: %d MiB of RAM below the 32-bit hole, need at least %d MiB",
 			low>>20, MinLowMem>>20)
 	}
@@ -89,44 +171,75 @@ func checkParams(p Params) error {
 	if strings.IndexByte(p.Cmdline, 0) >= 0 {
 		return errorf(ErrCmdline, "command line contains a NUL byte")
 	}
+	if p.InitrdSize < 0 || (p.InitrdSize > 0 && p.Initrd == nil) {
+		return errorf(ErrParams, "initrd of %d bytes without a reader", p.InitrdSize)
+	}
 	return nil
 }
 
-// kernelName is how errors name the kernel file.
-func kernelName(p Params) string {
-	if p.KernelPath == "" {
-		return "kernel"
-	}
-	return p.KernelPath
-}
+// pageSize aligns the initrd.
+const pageSize = 4096
 
-// lowEnd is the end of the RAM region that starts at 0 (at most the start of
-// the 32-bit MMIO hole).
-func lowEnd(m *memory.Memory) uint64 { return m.Regions()[0].Size() }
-
-// placeInitrd puts the initrd page-aligned as high as possible below limit
+// placeInitrd puts size bytes page-aligned as high as possible below limit
 // (exclusive) and at or above floor.
-func placeInitrd(m *memory.Memory, initrd []byte, floor, limit uint64, limitName string) (uint64, error) {
-	if len(initrd) == 0 {
+func placeInitrd(size, floor, limit uint64, limitName string) (uint64, error) {
+	if size == 0 {
 		return 0, nil
 	}
-	size := uint64(len(initrd))
-	if size > limit || (limit-size)&^(memory.PageSize-1) < floor {
+	if size > limit || (limit-size)&^(pageSize-1) < floor {
 		return 0, errorf(ErrNoRoom, "initrd (%d MiB) does not fit between the kernel's end %#x and %s %#x",
 			(size+(1<<20)-1)>>20, floor, limitName, limit)
 	}
-	addr := (limit - size) &^ (memory.PageSize - 1)
-	if _, err := m.WriteAt(initrd, int64(addr)); err != nil {
-		return 0, fmt.Errorf("initrd: %w", err)
-	}
-	return addr, nil
+	return (limit - size) &^ (pageSize - 1), nil
 }
 
-func writeCmdline(m *memory.Memory, cmdline string) error {
+func writeCmdline(m io.WriterAt, cmdline string) error {
 	b := make([]byte, len(cmdline)+1)
 	copy(b, cmdline)
 	if _, err := m.WriteAt(b, AddrCmdline); err != nil {
 		return fmt.Errorf("command line: %w", err)
+	}
+	return nil
+}
+
+// copyChunk bounds the buffer used to copy files into guest memory.
+const copyChunk = 1 << 20
+
+// copyToGuest copies n bytes at off in r to guest address gpa.
+func copyToGuest(m io.WriterAt, gpa uint64, r io.ReaderAt, off int64, n uint64) error {
+	if n == 0 {
+		return nil
+	}
+	buf := make([]byte, min(n, copyChunk))
+	for done := uint64(0); done < n; {
+		b := buf[:min(uint64(len(buf)), n-done)]
+		if k, err := r.ReadAt(b, off+int64(done)); k < len(b) {
+			if err == io.EOF || err == nil {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("reading %d bytes at %d: %w", len(b), off+int64(done), err)
+		}
+		if _, err := m.WriteAt(b, int64(gpa+done)); err != nil {
+			return err
+		}
+		done += uint64(len(b))
+	}
+	return nil
+}
+
+// zeroGuest clears n bytes at gpa (guest RAM starts zeroed, but Load does
+// not rely on it).
+func zeroGuest(m io.WriterAt, gpa, n uint64) error {
+	if n == 0 {
+		return nil
+	}
+	buf := make([]byte, min(n, copyChunk))
+	for done := uint64(0); done < n; {
+		b := buf[:min(uint64(len(buf)), n-done)]
+		if _, err := m.WriteAt(b, int64(gpa+done)); err != nil {
+			return err
+		}
+		done += uint64(len(b))
 	}
 	return nil
 }
@@ -144,20 +257,19 @@ type e820Entry struct {
 }
 
 // e820Map describes RAM: conventional memory below the EBDA, the reserved
-// legacy area holding the MP and ACPI tables, then every RAM region from
-// 1 MiB on (the caller has checked the low region is larger than 1 MiB).
-func e820Map(m *memory.Memory) []e820Entry {
-	regs := m.Regions()
+// legacy area holding the MP and ACPI tables, then every RAM range from
+// 1 MiB on (checkParams has made sure the low range is larger than 1 MiB).
+func e820Map(ram []Range) []e820Entry {
 	es := []e820Entry{
 		{0, EBDAStart, e820RAM},
 		{EBDAStart, HighMemStart - EBDAStart, e820Reserved},
-		{HighMemStart, regs[0].Size() - HighMemStart, e820RAM},
+		{HighMemStart, ram[0].Size - HighMemStart, e820RAM},
 	}
-	for _, r := range regs[1:] {
+	for _, r := range ram[1:] {
 		if len(es) == e820Max {
 			break
 		}
-		es = append(es, e820Entry{r.GPA, r.Size(), e820RAM})
+		es = append(es, e820Entry{r.Start, r.Size, e820RAM})
 	}
 	return es
 }
@@ -193,7 +305,7 @@ func tssSegment(sel uint16) Segment {
 // writeGDT writes the GDT, an empty IDT and a zeroed TSS, and returns the
 // descriptor-table registers. segs[i] goes to selector i*8 (index 0 must be
 // the null segment); a TSS in long mode takes two slots.
-func writeGDT(m *memory.Memory, segs []Segment, longTSS bool) (gdt, idt Table, err error) {
+func writeGDT(m io.WriterAt, segs []Segment, longTSS bool) (gdt, idt Table, err error) {
 	var b []byte
 	for _, s := range segs {
 		if s == (Segment{}) {

@@ -3,8 +3,7 @@ package boot
 import (
 	"encoding/binary"
 	"fmt"
-
-	"github.com/ember-vmm/ember/vmm/memory"
+	"io"
 )
 
 // MP table (Intel MultiProcessor Specification 1.4, chapter 4): a floating
@@ -49,7 +48,8 @@ func checksum(b []byte) byte {
 	return -s
 }
 
-func writeMPTable(m *memory.Memory, cpus int) error {
+// mpConfigTable builds the MP configuration table for cpus CPUs.
+func mpConfigTable(cpus int, pf Platform) ([]byte, error) {
 	ioapicID := byte(cpus)
 	le := binary.LittleEndian
 	t := make([]byte, mpHeaderSize, mpHeaderSize+cpus*mpCPUSize+(2+isaIRQs+2)*mpEntrySize)
@@ -65,7 +65,7 @@ func writeMPTable(m *memory.Memory, cpus int) error {
 	}
 	t = append(t, mpBus, 0, 'I', 'S', 'A', ' ', ' ', ' ')
 	t = append(t, mpIOAPIC, ioapicID, ioapicVersion, 1) // enabled
-	t = le.AppendUint32(t, IOAPICAddr)
+	t = le.AppendUint32(t, pf.IOAPIC)
 	for irq := byte(0); irq < isaIRQs; irq++ {
 		// Flags 0: polarity and trigger conform to the bus (ISA: edge, high).
 		t = append(t, mpIOIntr, mpIntINT, 0, 0, 0, irq, ioapicID, irq)
@@ -79,15 +79,19 @@ func writeMPTable(m *memory.Memory, cpus int) error {
 	copy(t[8:16], "EMBER   ")
 	copy(t[16:28], "MICROVM     ")
 	le.PutUint16(t[34:], uint16(cpus+1+1+isaIRQs+2))
-	le.PutUint32(t[36:], LAPICAddr)
+	le.PutUint32(t[36:], pf.LAPIC)
 	t[7] = checksum(t)
 	if AddrMPConfig+len(t) > HighMemStart {
-		return fmt.Errorf("MP configuration table of %d bytes does not fit below 1 MiB", len(t))
+		return nil, fmt.Errorf("MP configuration table of %d bytes does not fit below 1 MiB", len(t))
 	}
+	return t, nil
+}
 
+// writeMPTable writes the floating pointer and the configuration table t.
+func writeMPTable(m io.WriterAt, t []byte) error {
 	f := make([]byte, mpFloatSize)
 	copy(f[0:4], "_MP_")
-	le.PutUint32(f[4:], AddrMPConfig)
+	binary.LittleEndian.PutUint32(f[4:], AddrMPConfig)
 	f[8] = 1 // length in 16-byte units
 	f[9] = mpSpecRev
 	f[10] = checksum(f)

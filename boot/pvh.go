@@ -3,10 +3,13 @@ package boot
 import (
 	"bytes"
 	"cmp"
-	"debug/elf"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"slices"
+
+	"github.com/ember-vmm/ember/boot/elf64"
 )
 
 // Xen PVH boot ABI (xen/include/public/arch-x86/hvm/start_info.h,
@@ -41,72 +44,78 @@ const (
 	addrMemmap  = AddrStartInfo + 0x80
 )
 
+// elfKernel is what booting an ELF vmlinux needs: its PVH entry and
+// loadable segments.
 type elfKernel struct {
 	entry uint32
-	loads []*elf.Prog
+	loads []elf64.Prog
 }
 
-// parseELF opens an x86-64 ELF vmlinux and finds its PVH entry note.
-// debug/elf is not hardened against every malformed file, so a panic in it
-// becomes an error.
-func parseELF(k []byte) (ek *elfKernel, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			ek, err = nil, errorf(ErrUnsupported, "malformed ELF file (%v)", r)
-		}
-	}()
-	f, err := elf.NewFile(bytes.NewReader(k))
+// Bounds on what is read to find the PVH note: notes are a few KiB.
+const (
+	maxNoteBytes    = 1 << 20
+	maxNoteSections = 64
+)
+
+// parseELF reads an x86-64 ELF vmlinux's program headers and finds its PVH
+// entry note, reading nothing else (elf64 never inflates sections).
+func parseELF(r io.ReaderAt, size int64) (*elfKernel, error) {
+	f, err := elf64.Open(r, size)
 	if err != nil {
-		return nil, errorf(ErrUnsupported, "malformed ELF file: %v", err)
+		if errors.Is(err, elf64.ErrFormat) {
+			return nil, errorf(ErrUnsupported, "%v", err)
+		}
+		return nil, err
 	}
-	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
-		return nil, errorf(ErrUnsupported, "ELF file is %s %s, need ELFCLASS64 EM_X86_64", f.Class, f.Machine)
+	if f.Machine != elf64.MachineX86_64 {
+		return nil, errorf(ErrUnsupported, "ELF file is for machine %d, need EM_X86_64 (62)", f.Machine)
 	}
-	inFile := func(off, n uint64) bool { return off+n >= off && off+n <= uint64(len(k)) }
-	ek = &elfKernel{}
+	ek := &elfKernel{}
 	found := false
 	for _, p := range f.Progs {
 		switch p.Type {
-		case elf.PT_LOAD:
+		case elf64.PTLoad:
 			if p.Filesz > p.Memsz {
 				return nil, errorf(ErrUnsupported, "ELF segment at %#x has file size %d > memory size %d", p.Paddr, p.Filesz, p.Memsz)
 			}
-			if !inFile(p.Off, p.Filesz) {
-				return nil, errorf(ErrTruncated, "truncated: ELF segment at file offset %d+%d is past the end (%d bytes)", p.Off, p.Filesz, len(k))
+			if !f.InFile(p) {
+				return nil, errorf(ErrTruncated, "truncated: ELF segment at file offset %d+%d is past the end (%d bytes)", p.Off, p.Filesz, size)
 			}
 			if p.Paddr+p.Memsz < p.Paddr {
 				return nil, errorf(ErrUnsupported, "ELF segment at %#x+%#x wraps around", p.Paddr, p.Memsz)
 			}
 			ek.loads = append(ek.loads, p)
-		case elf.PT_NOTE:
-			if !inFile(p.Off, p.Filesz) {
-				return nil, errorf(ErrTruncated, "truncated: ELF note at file offset %d+%d is past the end (%d bytes)", p.Off, p.Filesz, len(k))
+		case elf64.PTNote:
+			if found {
+				continue
 			}
-			if e, ok, err := findPVHNote(k[p.Off : p.Off+p.Filesz]); err != nil {
+			if !f.InFile(p) {
+				return nil, errorf(ErrTruncated, "truncated: ELF note at file offset %d+%d is past the end (%d bytes)", p.Off, p.Filesz, size)
+			}
+			b, err := f.ProgData(p, maxNoteBytes)
+			if err != nil {
+				return nil, errorf(ErrUnsupported, "ELF note segment: %v", err)
+			}
+			if e, ok, err := findPVHNote(b); err != nil {
 				return nil, err
-			} else if ok && !found {
+			} else if ok {
 				ek.entry, found = e, true
 			}
 		}
 	}
-	// Some linkers leave the note only in a SHT_NOTE section.
-	for _, s := range f.Sections {
-		if found || s.Type != elf.SHT_NOTE || !inFile(s.Offset, s.Size) {
-			continue
-		}
-		e, ok, err := findPVHNote(k[s.Offset : s.Offset+s.Size])
-		if err != nil {
-			return nil, err
-		}
-		ek.entry, found = e, ok
-	}
 	if len(ek.loads) == 0 {
 		return nil, errorf(ErrUnsupported, "ELF file has no loadable segments")
+	}
+	if !found {
+		// Some linkers leave the note only in a SHT_NOTE section.
+		if ek.entry, found, err = sectionNote(f); err != nil {
+			return nil, err
+		}
 	}
 	// Overlapping segments make no sense in a kernel, and refusing them
 	// bounds the copying a hostile file can cause to the size of RAM.
 	sorted := slices.Clone(ek.loads)
-	slices.SortFunc(sorted, func(a, b *elf.Prog) int { return cmp.Compare(a.Paddr, b.Paddr) })
+	slices.SortFunc(sorted, func(a, b elf64.Prog) int { return cmp.Compare(a.Paddr, b.Paddr) })
 	for i := 1; i < len(sorted); i++ {
 		if a, b := sorted[i-1], sorted[i]; b.Paddr < a.Paddr+a.Memsz {
 			return nil, errorf(ErrUnsupported, "ELF segments [%#x, %#x) and [%#x, %#x) overlap",
@@ -126,6 +135,32 @@ func parseELF(k []byte) (ek *elfKernel, err error) {
 		return nil, errorf(ErrUnsupported, "PVH entry %#x is outside every loadable ELF segment", ek.entry)
 	}
 	return ek, nil
+}
+
+// sectionNote looks for the PVH note in (a bounded number of) plain
+// SHT_NOTE sections.
+func sectionNote(f *elf64.File) (uint32, bool, error) {
+	ss, err := f.Sections()
+	if err != nil {
+		return 0, false, errorf(ErrUnsupported, "ELF sections: %v", err)
+	}
+	seen := 0
+	for _, s := range ss {
+		if s.Type != elf64.SHTNote || s.Flags&elf64.SHFCompressed != 0 {
+			continue
+		}
+		if seen++; seen > maxNoteSections {
+			break
+		}
+		b, err := f.Data(s, maxNoteBytes)
+		if err != nil {
+			continue // an oversized or broken note section is not the PVH note
+		}
+		if e, ok, err := findPVHNote(b); err != nil || ok {
+			return e, ok, err
+		}
+	}
+	return 0, false, nil
 }
 
 // findPVHNote walks ELF notes (namesz, descsz, type, name, desc; name and
@@ -160,39 +195,38 @@ func findPVHNote(b []byte) (entry uint32, ok bool, err error) {
 	return 0, false, nil
 }
 
-func loadPVH(p Params, rsdp uint64) (*Entry, error) {
-	name := kernelName(p)
-	ek, err := parseELF(p.Kernel)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	m := p.Mem
-	ramEnd := lowEnd(m)
+// planPVH checks the ELF segments fit in RAM above 1 MiB.
+func planPVH(pl *plan) error {
+	name := pl.p.Kernel.Name
 	var end uint64
-	for _, s := range ek.loads {
+	for _, s := range pl.p.Kernel.elf.loads {
 		if s.Paddr < HighMemStart {
-			return nil, errorf(ErrUnsupported, "%s: ELF segment at %#x is below 1 MiB, where the boot tables live", name, s.Paddr)
+			return errorf(ErrUnsupported, "kernel %s: ELF segment at %#x is below 1 MiB, where the boot tables live", name, s.Paddr)
 		}
-		if s.Paddr+s.Memsz > ramEnd {
-			return nil, errorf(ErrNoRoom, "%s: ELF segment [%#x, %#x) is outside guest RAM below 4 GiB (ends at %#x)",
-				name, s.Paddr, s.Paddr+s.Memsz, ramEnd)
+		if s.Paddr+s.Memsz > pl.ramEnd {
+			return errorf(ErrNoRoom, "kernel %s: ELF segment [%#x, %#x) is outside guest RAM below 4 GiB (ends at %#x)",
+				name, s.Paddr, s.Paddr+s.Memsz, pl.ramEnd)
 		}
-		dst, err := m.Slice(s.Paddr, s.Memsz)
-		if err != nil {
-			return nil, fmt.Errorf("%s: ELF segment: %w", name, err)
-		}
-		n := copy(dst, p.Kernel[s.Off:s.Off+s.Filesz])
-		clear(dst[n:]) // .bss
 		end = max(end, s.Paddr+s.Memsz)
 	}
-	if err := writeCmdline(m, p.Cmdline); err != nil {
-		return nil, err
+	pl.end = end
+	pl.initrdLimit, pl.initrdLimitName = pl.ramEnd, "end of RAM below 4 GiB"
+	return nil
+}
+
+// writePVH copies the segments from the file, zeroes their .bss, and writes
+// hvm_start_info and the GDT.
+func writePVH(pl *plan) (*Entry, error) {
+	p, ek, m := pl.p, pl.p.Kernel.elf, pl.p.Mem
+	for _, s := range ek.loads {
+		if err := copyToGuest(m, s.Paddr, p.Kernel.r, int64(s.Off), s.Filesz); err != nil {
+			return nil, fmt.Errorf("kernel %s: ELF segment: %w", p.Kernel.Name, err)
+		}
+		if err := zeroGuest(m, s.Paddr+s.Filesz, s.Memsz-s.Filesz); err != nil {
+			return nil, fmt.Errorf("kernel %s: ELF segment: %w", p.Kernel.Name, err)
+		}
 	}
-	initrd, err := placeInitrd(m, p.Initrd, (end+4095)&^4095, ramEnd, "end of RAM below 4 GiB")
-	if err != nil {
-		return nil, err
-	}
-	if err := writeStartInfo(p, rsdp, initrd); err != nil {
+	if err := writeStartInfo(p, pl.rsdp, pl.initrd); err != nil {
 		return nil, err
 	}
 	// pvh.pandoc: 32-bit protected mode, paging off, flat 4 GiB CS and
@@ -204,8 +238,8 @@ func loadPVH(p Params, rsdp uint64) (*Entry, error) {
 	}
 	return &Entry{
 		Protocol:  PVH,
-		KernelEnd: end,
-		Initrd:    [2]uint64{initrd, uint64(len(p.Initrd))},
+		KernelEnd: pl.end,
+		Initrd:    [2]uint64{pl.initrd, uint64(p.InitrdSize)},
 		BSP: CPUState{
 			RIP: uint64(ek.entry), RBX: AddrStartInfo, RSP: AddrStack, RFLAGS: rflagsFixed,
 			CR0: cr0PE | cr0ET,
@@ -218,7 +252,7 @@ func loadPVH(p Params, rsdp uint64) (*Entry, error) {
 // writeStartInfo writes hvm_start_info with its module list (the initrd)
 // and memory map.
 func writeStartInfo(p Params, rsdp, initrd uint64) error {
-	es := e820Map(p.Mem)
+	es := e820Map(p.RAM)
 	si := make([]byte, addrMemmap-AddrStartInfo+len(es)*memmapEntrySize)
 	le := binary.LittleEndian
 	le.PutUint32(si[siMagic:], startInfoMagic)
@@ -228,12 +262,12 @@ func writeStartInfo(p Params, rsdp, initrd uint64) error {
 	le.PutUint64(si[siRSDPPaddr:], rsdp)
 	le.PutUint64(si[siMemmapPaddr:], addrMemmap)
 	le.PutUint32(si[siMemmapEntries:], uint32(len(es)))
-	if len(p.Initrd) > 0 {
+	if p.InitrdSize > 0 {
 		le.PutUint32(si[siNrModules:], 1)
 		le.PutUint64(si[siModlistPaddr:], addrModlist)
 		o := addrModlist - AddrStartInfo
 		le.PutUint64(si[o+modPaddr:], initrd)
-		le.PutUint64(si[o+modSize:], uint64(len(p.Initrd)))
+		le.PutUint64(si[o+modSize:], uint64(p.InitrdSize))
 		le.PutUint64(si[o+modCmdline:], 0)
 	}
 	for i, e := range es {

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ember-vmm/ember/vmm/memory"
+	"github.com/ember-vmm/ember/boot/elf64/elf64test"
 )
 
 type elfSeg struct {
@@ -23,22 +23,7 @@ type elfSpec struct {
 	desc8  bool // 8-byte note value, as Linux's _ASM_PTR emits
 }
 
-func elfNote(name string, typ uint32, desc []byte) []byte {
-	le := binary.LittleEndian
-	b := le.AppendUint32(nil, uint32(len(name)+1))
-	b = le.AppendUint32(b, uint32(len(desc)))
-	b = le.AppendUint32(b, typ)
-	n := append([]byte(name), 0)
-	for len(n)%4 != 0 {
-		n = append(n, 0)
-	}
-	b = append(b, n...)
-	b = append(b, desc...)
-	for len(b)%4 != 0 {
-		b = append(b, 0)
-	}
-	return b
-}
+func elfNote(name string, typ uint32, desc []byte) []byte { return elf64test.Note(name, typ, desc) }
 
 // synthELF builds an ELF64 x86-64 executable with PT_LOAD segments and a
 // PT_NOTE holding a GNU note and (unless noNote) Xen's PHYS32_ENTRY.
@@ -49,66 +34,30 @@ func synthELF(s elfSpec) []byte {
 	if s.entry == 0 {
 		s.entry = s.segs[0].paddr
 	}
-	le := binary.LittleEndian
 	notes := elfNote("GNU", 3, make([]byte, 20))
 	if !s.noNote {
-		if s.desc8 {
-			notes = append(notes, elfNote("Xen", xenElfnotePhys32Entry, le.AppendUint64(nil, s.entry))...)
-		} else {
-			notes = append(notes, elfNote("Xen", xenElfnotePhys32Entry, le.AppendUint32(nil, uint32(s.entry)))...)
-		}
+		notes = append(notes, elf64test.PVHNote(s.entry, s.desc8)...)
 	}
-	nph := len(s.segs) + 1
-	off := uint64(64 + 56*nph)
-	type ph struct {
-		typ           uint32
-		off, paddr    uint64
-		filesz, memsz uint64
-	}
-	var phs []ph
-	body := []byte{}
+	f := elf64test.File{Entry: 0xffffffff81000000}
 	for _, sg := range s.segs {
-		phs = append(phs, ph{1, off + uint64(len(body)), sg.paddr, uint64(len(sg.data)), sg.memsz})
-		body = append(body, sg.data...)
+		f.Progs = append(f.Progs, elf64test.Prog{Type: elf64test.PTLoad, Paddr: sg.paddr, Memsz: sg.memsz, Data: sg.data,
+			Filesz: uint64(len(sg.data))})
 	}
-	phs = append(phs, ph{4, off + uint64(len(body)), 0, uint64(len(notes)), uint64(len(notes))})
-	body = append(body, notes...)
-
-	h := make([]byte, 64)
-	copy(h, []byte{0x7f, 'E', 'L', 'F', 2, 1, 1})
-	le.PutUint16(h[16:], 2)  // ET_EXEC
-	le.PutUint16(h[18:], 62) // EM_X86_64
-	le.PutUint32(h[20:], 1)
-	le.PutUint64(h[24:], 0xffffffff81000000)
-	le.PutUint64(h[32:], 64)
-	le.PutUint16(h[52:], 64)
-	le.PutUint16(h[54:], 56)
-	le.PutUint16(h[56:], uint16(nph))
-	le.PutUint16(h[58:], 64)
-	for _, p := range phs {
-		h = le.AppendUint32(h, p.typ)
-		h = le.AppendUint32(h, 5) // R+X
-		h = le.AppendUint64(h, p.off)
-		h = le.AppendUint64(h, p.paddr+0xffffffff80000000)
-		h = le.AppendUint64(h, p.paddr)
-		h = le.AppendUint64(h, p.filesz)
-		h = le.AppendUint64(h, p.memsz)
-		h = le.AppendUint64(h, 0x1000)
-	}
-	return append(h, body...)
+	f.Progs = append(f.Progs, elf64test.Prog{Type: elf64test.PTNote, Memsz: uint64(len(notes)), Data: notes})
+	return f.Bytes()
 }
 
 func TestLoadPVH(t *testing.T) {
 	text := bytes.Repeat([]byte{0xcc}, 3000)
 	data := bytes.Repeat([]byte{0x11}, 100)
 	k := synthELF(elfSpec{segs: []elfSeg{{0x1000000, text, 0x1000}, {0x1400000, data, 0x3000}}, entry: 0x1000010, desc8: true})
-	m := memory.NewFake(64 << 20)
-	junk, _ := m.Slice(0x1400000, 0x3000)
-	for i := range junk {
-		junk[i] = 0xff // the .bss part must be zeroed
+	m := newMem(64 << 20)
+	// The .bss part must be zeroed.
+	if _, err := m.WriteAt(bytes.Repeat([]byte{0xff}, 0x3000), 0x1400000); err != nil {
+		t.Fatal(err)
 	}
 	initrd := bytes.Repeat([]byte{0xab}, 5000)
-	e, err := Load(Params{Kernel: k, KernelPath: "vmlinux", Initrd: initrd, Cmdline: "console=hvc0", CPUs: 3, Mem: m, ACPI: true})
+	e, err := ld(tp{Kernel: k, KernelPath: "vmlinux", Initrd: initrd, Cmdline: "console=hvc0", CPUs: 3, Mem: m, ACPI: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,8 +114,8 @@ func TestLoadPVH(t *testing.T) {
 }
 
 func TestPVHNoInitrdNoACPI(t *testing.T) {
-	m := memory.NewFake(32 << 20)
-	e, err := Load(Params{Kernel: synthELF(elfSpec{}), CPUs: 1, Mem: m})
+	m := newMem(32 << 20)
+	e, err := ld(tp{Kernel: synthELF(elfSpec{}), CPUs: 1, Mem: m})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,8 +146,8 @@ func TestBadELF(t *testing.T) {
 		{"no segments", synthELF(elfSpec{segs: []elfSeg{}, entry: 1}), ErrUnsupported, "no loadable segments"},
 	}
 	for _, c := range cases {
-		_, err := Load(Params{Kernel: c.k, KernelPath: "vmlinux", CPUs: 1, Mem: memory.NewFake(32 << 20)})
-		if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) || !strings.HasPrefix(err.Error(), "vmlinux: ") {
+		_, err := ld(tp{Kernel: c.k, KernelPath: "vmlinux", CPUs: 1, Mem: newMem(32 << 20)})
+		if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) || !strings.HasPrefix(err.Error(), "kernel vmlinux: ") {
 			t.Errorf("%s: Load = %v, want %v containing %q", c.name, err, c.want, c.msg)
 		}
 	}

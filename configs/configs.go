@@ -7,11 +7,13 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/ember-vmm/ember/boot"
 	"github.com/pelletier/go-toml/v2"
 )
 
@@ -56,11 +58,14 @@ type Run struct {
 // Flavours are the Debian kernel flavours "debian:<flavour>" accepts.
 var Flavours = []string{"cloud-amd64", "amd64"}
 
-// Limits.
+// Limits. (The CPU limit is the boot tables': APIC IDs 0..CPUs-1 and the
+// I/O APIC's ID all below 255.)
 const (
 	MinMemory = 64 << 20
 	MaxMemory = 1 << 40
-	MaxCPUs   = 254
+	MaxCPUs   = boot.MaxCPUs
+	// pageSize is the granularity of guest memory.
+	pageSize = 4096
 )
 
 // Default returns the built-in config.
@@ -73,17 +78,30 @@ func Default() *VM {
 	return v
 }
 
-// Load reads path over the defaults, strictly, and validates it.
+// maxConfigSize bounds a config file: TOML for one VM is a few hundred
+// bytes.
+const maxConfigSize = 1 << 20
+
+// Load reads path over the defaults, strictly. It does not validate: the
+// caller applies command-line overrides first and validates the result
+// once (Validate).
 func Load(path string) (*VM, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	v, err := Parse(b, path)
-	if err != nil {
-		return nil, err
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("config %s: not a regular file", path)
 	}
-	return v, v.Validate()
+	b, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if len(b) > maxConfigSize {
+		return nil, fmt.Errorf("config %s: larger than %d KiB; not a VM config", path, maxConfigSize>>10)
+	}
+	return Parse(b, path)
 }
 
 // Parse decodes data (named name in messages) over the defaults.
@@ -173,6 +191,9 @@ func (v *VM) Validate() error {
 	}
 	if v.Machine.Memory < MinMemory || v.Machine.Memory > MaxMemory {
 		return bad("machine.memory", "%s is out of range (expected 64M..1T)", v.Machine.Memory)
+	}
+	if v.Machine.Memory%pageSize != 0 {
+		return bad("machine.memory", "%s is not a multiple of 4K", v.Machine.Memory)
 	}
 	switch v.Machine.Accel {
 	case "auto", "kvm", "nested":

@@ -23,7 +23,11 @@ func TestExamplesLoad(t *testing.T) {
 		t.Fatalf("examples: %v", files)
 	}
 	for _, f := range files {
-		if _, err := Load(f); err != nil {
+		v, err := Load(f)
+		if err == nil {
+			err = v.Validate()
+		}
+		if err != nil {
 			t.Errorf("%s: %v", f, err)
 		}
 	}
@@ -44,11 +48,15 @@ func TestErrors(t *testing.T) {
 		{"timeout", "[run]\ntimeout = \"soon\"\n", `run.timeout`},
 		{"env", "[run]\nenv = [\"NOEQUALS\"]\n", `run.env`},
 		{"syntax", "[machine\n", `:1:`},
+		{"memory not page-sized", "[machine]\nmemory = \"67108865\"\n", `machine.memory: 67108865 is not a multiple of 4K`},
 	}
 	for _, c := range cases {
 		p := filepath.Join(dir, c.name+".toml")
 		os.WriteFile(p, []byte(c.toml), 0o644)
-		_, err := Load(p)
+		v, err := Load(p)
+		if err == nil {
+			err = v.Validate()
+		}
 		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), p) {
 			t.Errorf("%s: error %v, want it to name %s and contain %q", c.name, err, p, c.want)
 		}
@@ -84,4 +92,24 @@ func FuzzParse(f *testing.F) {
 			_ = v.Validate()
 		}
 	})
+}
+
+// TestLoadDoesNotValidate: flags may still fix what the file leaves
+// invalid, so Load only parses.
+func TestLoadDoesNotValidate(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "k.toml")
+	os.WriteFile(p, []byte("[boot]\nkernel = \"/no/such/kernel\"\n"), 0o644)
+	v, err := Load(p)
+	if err != nil {
+		t.Fatalf("Load validated: %v", err)
+	}
+	if err := v.Validate(); err == nil {
+		t.Fatal("Validate accepted a missing kernel")
+	}
+}
+
+func TestLoadRefusesSpecialFiles(t *testing.T) {
+	if _, err := Load(t.TempDir()); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("Load(dir) = %v", err)
+	}
 }

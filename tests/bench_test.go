@@ -15,7 +15,7 @@ import (
 	"github.com/ember-vmm/ember/configs"
 	"github.com/ember-vmm/ember/guest/proto"
 	"github.com/ember-vmm/ember/images"
-	"github.com/ember-vmm/ember/vmm"
+	"github.com/ember-vmm/ember/vmm/platform"
 )
 
 const readyMarker = "EMBER-BENCH-READY"
@@ -91,7 +91,7 @@ func BenchmarkVMBootToInit(b *testing.B) {
 		if qerr == nil {
 			r, t, rss = timeToMarker(b, exec.CommandContext(ctx, qemu, "-M", "microvm", "-accel", "kvm", "-cpu", "host",
 				"-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-				"-serial", "stdio", "-kernel", img.Kernel, "-initrd", initrd, "-append", vmm.BaseCmdline+" "+configs.Default().Boot.Cmdline))
+				"-serial", "stdio", "-kernel", img.Kernel, "-initrd", initrd, "-append", platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline))
 			qemuReady, qemuTotal, qemuRSS = qemuReady+r, qemuTotal+t, max(qemuRSS, rss)
 		}
 		cancel()

@@ -2,8 +2,10 @@ package tests
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/u-root/u-root/pkg/cpio"
@@ -14,6 +16,39 @@ import (
 // guest must still be able to report its exit status.
 func TestVMHostileGuest(t *testing.T) {
 	needVM(t)
+	initrd := hostileInitrd(t)
+	r := ember(t, bootLimit, vmArgs("--initrd", initrd, "--timeout", "150s", "--json", "--", "/bin/hostile")...)
+	if bytes.Contains([]byte(r.stderr), []byte("goroutine ")) {
+		t.Fatalf("ember crashed:\n%s", r.stderr)
+	}
+	wantCode(t, r, 0)
+	wantOut(t, r, "hostile: done")
+	rep := report(t, r)
+	if u, _ := rep["unclaimed_accesses"].(float64); u < 60000 {
+		t.Fatalf("unclaimed_accesses = %v: the garbage did not reach ember's buses", rep["unclaimed_accesses"])
+	}
+}
+
+// TestVMHaltedForGood: a guest that halts every CPU with interrupts off
+// (reboot(LINUX_REBOOT_CMD_HALT), what a kernel without ACPI does on
+// poweroff) ends as powered off instead of running until the timeout.
+func TestVMHaltedForGood(t *testing.T) {
+	needVM(t)
+	for _, cpus := range []string{"1", "2"} {
+		t.Run("cpus="+cpus, func(t *testing.T) {
+			r := ember(t, bootLimit, vmArgs("--initrd", hostileInitrd(t), "--cpus", cpus, "--timeout", "120s", "--json", "--", "/bin/hostile", "halt")...)
+			wantCode(t, r, 0)
+			rep := report(t, r)
+			if rep["outcome"] != "poweroff" || !strings.Contains(fmt.Sprint(rep["reason"]), "halted") {
+				t.Fatalf("outcome %v (%v), want poweroff because the vCPUs halted\nstderr:\n%s", rep["outcome"], rep["reason"], r.stderr)
+			}
+		})
+	}
+}
+
+// hostileInitrd is ember's initramfs with /bin/hostile added.
+func hostileInitrd(t *testing.T) string {
+	t.Helper()
 	dir := t.TempDir()
 	prog, err := os.ReadFile(env.hostile)
 	if err != nil {
@@ -40,14 +75,5 @@ func TestVMHostileGuest(t *testing.T) {
 	if err := os.WriteFile(initrd, append(base, extra.Bytes()...), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := ember(t, bootLimit, vmArgs("--initrd", initrd, "--timeout", "150s", "--json", "--", "/bin/hostile")...)
-	if bytes.Contains([]byte(r.stderr), []byte("goroutine ")) {
-		t.Fatalf("ember crashed:\n%s", r.stderr)
-	}
-	wantCode(t, r, 0)
-	wantOut(t, r, "hostile: done")
-	rep := report(t, r)
-	if u, _ := rep["unclaimed_accesses"].(float64); u < 60000 {
-		t.Fatalf("unclaimed_accesses = %v: the garbage did not reach ember's buses", rep["unclaimed_accesses"])
-	}
+	return initrd
 }

@@ -28,6 +28,7 @@ var env struct {
 	inside   bool   // running inside the nested L1 guest
 	hostile  string // the hostile guest program, built on the host
 	kvmTest  string // vmm/kvm's test binary, run where KVM works
+	vmmTest  string // vmm's test binary (synthetic guests on real KVM)
 	direct   bool   // real KVM is usable here: VM tests run in this process
 	skip     string // why VM tests cannot run at all
 	images   []imageSet
@@ -73,11 +74,21 @@ func run(m *testing.M) int {
 			return 1
 		}
 	}
-	env.kvmTest = os.Getenv("EMBER_E2E_KVMTEST")
-	if env.kvmTest == "" {
-		env.kvmTest = filepath.Join(root, "bin", "e2e-kvm.test")
-		if out, err := exec.Command("go", "test", "-c", "-o", env.kvmTest, "../vmm/kvm").CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "e2e: building vmm/kvm's tests: %v\n%s", err, out)
+	for _, b := range []struct {
+		dst *string
+		env string
+		bin string
+		pkg string
+	}{
+		{&env.kvmTest, "EMBER_E2E_KVMTEST", "e2e-kvm.test", "../vmm/kvm"},
+		{&env.vmmTest, "EMBER_E2E_VMMTEST", "e2e-vmm.test", "../vmm"},
+	} {
+		if *b.dst = os.Getenv(b.env); *b.dst != "" {
+			continue
+		}
+		*b.dst = filepath.Join(root, "bin", b.bin)
+		if out, err := exec.Command("go", "test", "-c", "-o", *b.dst, b.pkg).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: building %s's tests: %v\n%s", b.pkg, err, out)
 			return 1
 		}
 	}
@@ -140,7 +151,7 @@ func runInside() int {
 		return 1
 	}
 	l1 := image(nil, "amd64")
-	args := []string{"/usr/bin/env", insideVar + "=1", "EMBER_CACHE_DIR=" + env.cacheDir, "EMBER_E2E_HOSTILE=" + env.hostile, "EMBER_E2E_KVMTEST=" + env.kvmTest, "PATH=" + os.Getenv("PATH"),
+	args := []string{"/usr/bin/env", insideVar + "=1", "EMBER_CACHE_DIR=" + env.cacheDir, "EMBER_E2E_HOSTILE=" + env.hostile, "EMBER_E2E_KVMTEST=" + env.kvmTest, "EMBER_E2E_VMMTEST=" + env.vmmTest, "PATH=" + os.Getenv("PATH"),
 		self, "-test.v", "-test.timeout", "25m"}
 	runFilter := "VM"
 	for _, a := range os.Args[1:] {

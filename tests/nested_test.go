@@ -1,15 +1,23 @@
 package tests
 
 import (
+	"bufio"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ember-vmm/ember/vmm/nested"
 )
 
-// TestNestedAccel boots a guest through --accel nested from this host: the
-// path a CI runner without /dev/kvm takes.
-func TestNestedAccel(t *testing.T) {
+const nestedLimit = 5 * time.Minute
+
+func needNested(t *testing.T) {
+	t.Helper()
 	if env.inside {
 		t.Skip("already inside the L1 guest")
 	}
@@ -19,7 +27,13 @@ func TestNestedAccel(t *testing.T) {
 		}
 		t.Fatalf("nested path unavailable: %v", err)
 	}
-	r := ember(t, 5*time.Minute, "run", "--accel", "nested", "--json", "--cache-dir", env.cacheDir,
+}
+
+// TestNestedAccel boots a guest through --accel nested from this host: the
+// path a CI runner without /dev/kvm takes.
+func TestNestedAccel(t *testing.T) {
+	needNested(t)
+	r := ember(t, nestedLimit, "run", "--accel", "nested", "--json", "--cache-dir", env.cacheDir,
 		"--", "sh", "-c", "ember-info; exit 42")
 	wantCode(t, r, 42)
 	wantOut(t, r, "kernel: "+image(t, "cloud-amd64").Version)
@@ -27,4 +41,114 @@ func TestNestedAccel(t *testing.T) {
 	if rep["accel"] != "nested" || rep["outcome"] != "exited" {
 		t.Fatalf("report accel=%v outcome=%v, want nested exited", rep["accel"], rep["outcome"])
 	}
+}
+
+// TestNestedInteractiveShell: the same terminal session as on KVM, with
+// the inner ember inside L1: the size and its changes cross both VMs.
+func TestNestedInteractiveShell(t *testing.T) {
+	needNested(t)
+	interactiveSession(t, nestedLimit, "run", "--accel", "nested", "--cache-dir", env.cacheDir)
+}
+
+// TestNestedFrozenL1: an L1 guest that stops (here its QEMU is sent
+// SIGSTOP, as a wedged emulator or a locked-up L1 kernel would look) is
+// noticed within the stall bound, killed, and reported with exit status
+// 122 and a message saying so.
+func TestNestedFrozenL1(t *testing.T) {
+	needNested(t)
+	cmd := exec.Command(env.ember, "run", "--accel", "nested", "--nested-stall", "15s", "--json",
+		"--cache-dir", env.cacheDir, "--", "sh", "-c", "echo GUEST-READY; sleep 600")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	lines := make(chan string, 1000)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		waited <- cmd.Wait()
+	}()
+	defer cmd.Process.Kill()
+	ready := time.After(nestedLimit)
+wait:
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("ember ended before the guest was ready\nstderr:\n%s", stderr.String())
+			}
+			if strings.Contains(l, "GUEST-READY") {
+				break wait
+			}
+		case <-ready:
+			t.Fatalf("guest not ready after %s\nstderr:\n%s", nestedLimit, stderr.String())
+		}
+	}
+	qemu := childNamed(t, cmd.Process.Pid, "qemu-system")
+	if err := syscall.Kill(qemu, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	go func() {
+		for range lines {
+		}
+	}()
+	select {
+	case <-waited:
+	case <-time.After(2 * time.Minute):
+		syscall.Kill(qemu, syscall.SIGKILL)
+		t.Fatalf("ember still waiting 2 minutes after its L1 froze\nstderr:\n%s", stderr.String())
+	}
+	took := time.Since(stopped)
+	if code := cmd.ProcessState.ExitCode(); code != 122 {
+		t.Fatalf("exit status %d, want 122\nstderr:\n%s", code, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "stopped responding") || !strings.Contains(stderr.String(), "no heartbeat") {
+		t.Fatalf("stderr does not say what happened:\n%s", stderr.String())
+	}
+	if _, err := os.Stat("/proc/" + strconv.Itoa(qemu)); err == nil {
+		if st, _ := os.ReadFile("/proc/" + strconv.Itoa(qemu) + "/stat"); !strings.Contains(string(st), ") Z ") {
+			t.Fatalf("the frozen QEMU (pid %d) was left running", qemu)
+		}
+	}
+	t.Logf("frozen L1 reported %s after SIGSTOP (stall bound 15s)", took.Round(time.Second))
+}
+
+// childNamed finds the child of pid whose command name starts with name.
+func childNamed(t *testing.T, pid int, name string) int {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		procs, _ := filepath.Glob("/proc/[0-9]*/stat")
+		for _, p := range procs {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				continue
+			}
+			// pid (comm) state ppid ...
+			s := string(b)
+			open, close := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+			if open < 0 || close < open {
+				continue
+			}
+			f := strings.Fields(s[close+1:])
+			if len(f) < 2 || f[1] != strconv.Itoa(pid) || !strings.HasPrefix(s[open+1:close], name) {
+				continue
+			}
+			c, _ := strconv.Atoi(strings.TrimSpace(s[:open]))
+			return c
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("no child %s of %d", name, pid)
+	return 0
 }

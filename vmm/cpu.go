@@ -34,13 +34,13 @@ func cpuidFor(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
 		switch e.Function {
 		case 1:
 			// EBX[31:24] initial APIC ID, EBX[23:16] logical processors.
-			e.Ebx = e.Ebx&0x0000ffff | uint32(id)<<24 | uint32(n)<<16
-			e.Ecx |= 1 << 31 // running under a hypervisor
+			e.EBX = e.EBX&0x0000ffff | uint32(id)<<24 | uint32(n)<<16
+			e.ECX |= 1 << 31 // running under a hypervisor
 			if n > 1 {
-				e.Edx |= 1 << 28 // HTT: the count above is valid
+				e.EDX |= 1 << 28 // HTT: the count above is valid
 			}
 		case 0xb, 0x1f:
-			e.Edx = uint32(id) // x2APIC ID
+			e.EDX = uint32(id) // x2APIC ID
 		case 0x40000000:
 			hasHV = true
 		}
@@ -48,8 +48,8 @@ func cpuidFor(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
 	}
 	if !hasHV {
 		// "KVMKVMKVM\0\0\0": guests then use kvm-clock and PV features.
-		out = append(out, kvm.CPUIDEntry{Function: 0x40000000, Eax: 0x40000001,
-			Ebx: 0x4b4d564b, Ecx: 0x564b4d56, Edx: 0x4d})
+		out = append(out, kvm.CPUIDEntry{Function: 0x40000000, EAX: 0x40000001,
+			EBX: 0x4b4d564b, ECX: 0x564b4d56, EDX: 0x4d})
 	}
 	return out
 }
@@ -96,6 +96,6 @@ func setupVCPU(c *kvm.VCPU, supported []kvm.CPUIDEntry, n int, e *boot.Entry) er
 }
 
 func segment(s boot.Segment) kvm.Segment {
-	return kvm.Segment{Base: s.Base, Limit: s.Limit, Selector: s.Selector, Typ: s.Type,
+	return kvm.Segment{Base: s.Base, Limit: s.Limit, Selector: s.Selector, Type: s.Type,
 		Present: s.Present, DPL: s.DPL, DB: s.DB, S: s.S, L: s.L, G: s.G, AVL: s.AVL}
 }

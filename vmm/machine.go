@@ -1,5 +1,6 @@
 // Package vmm assembles and runs a virtual machine: KVM, guest memory, the
-// devices on their buses, the loaded kernel, and one OS thread per vCPU.
+// devices of the platform table on their buses, the loaded kernel, and one
+// OS thread per vCPU.
 package vmm
 
 import (
@@ -8,59 +9,83 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ember-vmm/ember/boot"
-	"github.com/ember-vmm/ember/devices/acpipm"
-	"github.com/ember-vmm/ember/devices/control"
-	"github.com/ember-vmm/ember/devices/i8042"
-	"github.com/ember-vmm/ember/devices/rtc"
 	"github.com/ember-vmm/ember/devices/serial"
-	"github.com/ember-vmm/ember/guest/proto"
 	"github.com/ember-vmm/ember/vmm/bus"
 	"github.com/ember-vmm/ember/vmm/kvm"
 	"github.com/ember-vmm/ember/vmm/memory"
+	"github.com/ember-vmm/ember/vmm/platform"
 	"github.com/ember-vmm/ember/vmm/ratelimit"
-	"golang.org/x/sys/unix"
 )
 
-// Config is a fully resolved machine description: every path names a file.
+// Config is a fully resolved machine description.
 type Config struct {
-	Kernel  string // bzImage or ELF vmlinux
-	Initrd  string // "" for none
-	Extra   []byte // appended to the initrd (e.g. the run archive)
-	Cmdline string // appended to ember's own command line
+	// Kernel is the opened kernel (boot.OpenKernel); the caller closes it.
+	Kernel *boot.Kernel
+	// Initrd is the initramfs path, "" for none.
+	Initrd string
+	// Extra is appended to the initrd (the run archive), 4-byte aligned as
+	// the initramfs format requires.
+	Extra []byte
+	// Cmdline is appended to the platform's own command line.
+	Cmdline string
 	CPUs    int
 	Memory  uint64 // bytes
 	KVMPath string // default /dev/kvm
 
-	Console io.Writer // guest serial output; nil discards
-	Input   io.Reader // host input for the serial console; nil for none
-	Log     *slog.Logger
+	// Console receives the guest's serial output; nil discards it. A
+	// pollable *os.File lets Run bound the time it waits for a stalled
+	// reader at the end.
+	Console io.Writer
+	// Input is host input for the serial console; nil for none. If it is
+	// an io.Closer, Run closes it when the VM ends, and its Read must
+	// return then.
+	Input io.Reader
+	// ConsoleDrain bounds the wait, when the VM ends, for output still on
+	// its way to Console (default 2s).
+	ConsoleDrain time.Duration
+	Log          *slog.Logger
+
+	// testPIO adds devices to the port-I/O bus, consoleBuffer bounds the
+	// console buffer (in-package tests only).
+	testPIO       []testDevice
+	consoleBuffer int
 }
 
-// Fixed platform layout.
+type testDevice struct {
+	base, size uint64
+	dev        bus.Device
+}
+
+// Log limits for whatever a guest can make ember log: per device, burst
+// lines per interval.
 const (
-	com1Base = 0x3f8
-	com1IRQ  = 4
-	tssAddr  = 0xfffb_d000
-	// BaseCmdline is what every guest gets before the user's additions:
-	// the serial console, reboot through the i8042 (which ends the VM), an
-	// immediate reboot on panic so a panicking guest ends promptly, and no
-	// PCI probing (there is no PCI bus; probing only costs exits).
-	BaseCmdline = "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+	guestLogBurst    = 10
+	guestLogInterval = 10 * time.Second
+	defaultDrain     = 2 * time.Second
+)
+
+// Machine states.
+const (
+	stateNew = iota
+	stateRunning
+	stateDone
+	stateClosed
 )
 
 // Machine is one VM. New prepares it, Run executes it once, Close frees it.
 type Machine struct {
 	cfg   Config
 	log   *slog.Logger
+	glog  *slog.Logger // rate-limited: for events the guest causes
 	start time.Time
 
+	plat  *platform.Platform
 	sys   *kvm.System
 	vm    *kvm.VM
 	mem   *memory.Memory
@@ -68,60 +93,107 @@ type Machine struct {
 	entry *boot.Entry
 
 	pio, mmio *bus.Bus
+	lines     []*irqLine
+	console   *consoleOut
 	uart      *serial.UART
-	serialIRQ int // eventfd
-	console   *consoleWatch
 
-	mu      sync.Mutex
-	ended   bool
-	result  Result
-	endCh   chan struct{}
-	tids    []atomic.Int32
-	exits   [32]atomic.Uint64
-	ran     bool
-	closeMu sync.Mutex
-	closed  bool
-	unclaim *ratelimit.Limiter
+	mu         sync.Mutex
+	state      int
+	ended      bool
+	result     Result
+	endCh      chan struct{}
+	runDone    chan struct{}
+	onEnd      []func()
+	tids       []atomic.Int32
+	exitCounts []exitCounts
+	probe      []atomic.Bool
+	probeCh    chan vcpuState
+	haltCh     chan struct{}
+	closeMu    sync.Mutex
 }
 
-// New creates the VM, loads the kernel and initrd, and attaches devices. It
-// starts nothing; on any error everything already created is released.
+// layout returns the platform table, RAM and initrd size cfg describes,
+// checking everything New would reject, without KVM.
+func layout(cfg Config) (*platform.Platform, boot.Params, error) {
+	var p boot.Params
+	if cfg.Kernel == nil {
+		return nil, p, errors.New("no kernel")
+	}
+	if cfg.CPUs < 1 || cfg.CPUs > boot.MaxCPUs {
+		return nil, p, fmt.Errorf("cpus %d out of range 1..%d", cfg.CPUs, boot.MaxCPUs)
+	}
+	if cfg.Memory == 0 || cfg.Memory%memory.PageSize != 0 {
+		return nil, p, fmt.Errorf("memory %d: must be a positive multiple of %d", cfg.Memory, memory.PageSize)
+	}
+	plat := platform.New()
+	p = boot.Params{
+		Kernel: cfg.Kernel, Cmdline: fullCmdline(plat, cfg.Cmdline), CPUs: cfg.CPUs,
+		RAM: platform.RAM(cfg.Memory), Platform: plat.Boot(),
+	}
+	if cfg.Initrd != "" {
+		st, err := os.Stat(cfg.Initrd)
+		if err != nil {
+			return nil, p, fmt.Errorf("initrd: %w", err)
+		}
+		if !st.Mode().IsRegular() {
+			return nil, p, fmt.Errorf("initrd %s: not a regular file", cfg.Initrd)
+		}
+		p.InitrdSize = st.Size()
+	}
+	if len(cfg.Extra) > 0 {
+		p.InitrdSize = align4(p.InitrdSize) + int64(len(cfg.Extra))
+	}
+	if p.InitrdSize > 0 {
+		// Check needs a reader only to know there is one.
+		p.Initrd = strings.NewReader("")
+	}
+	return plat, p, nil
+}
+
+func align4(n int64) int64 { return (n + 3) &^ 3 }
+
+func fullCmdline(plat *platform.Platform, user string) string {
+	c := plat.Cmdline()
+	if u := strings.TrimSpace(user); u != "" {
+		c += " " + u
+	}
+	return c
+}
+
+// Check reports whether New would accept cfg, without KVM or guest
+// memory: CPUs, memory, whether the kernel, initrd and command line fit.
+func Check(cfg Config) error {
+	_, p, err := layout(cfg)
+	if err != nil {
+		return err
+	}
+	return boot.Check(p)
+}
+
+// New creates the VM, loads the kernel and initrd, and attaches the
+// devices. It starts nothing; on any error everything already created is
+// released.
 func New(cfg Config) (m *Machine, err error) {
-	m = &Machine{cfg: cfg, log: cfg.Log, start: time.Now(), endCh: make(chan struct{}), serialIRQ: -1,
-		unclaim: ratelimit.New(10, 10*time.Second)}
+	plat, bp, err := layout(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := boot.Check(bp); err != nil {
+		return nil, err
+	}
+	m = &Machine{cfg: cfg, log: cfg.Log, start: time.Now(), plat: plat,
+		endCh: make(chan struct{}), runDone: make(chan struct{}),
+		probeCh: make(chan vcpuState, cfg.CPUs), haltCh: make(chan struct{}, 1)}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.CPUs < 1 || cfg.CPUs > 254 {
-		return nil, fmt.Errorf("cpus %d out of range 1..254", cfg.CPUs)
-	}
+	m.glog = ratelimit.NewLogger(m.log, guestLogBurst, guestLogInterval)
 	defer func() {
 		if err != nil {
 			m.Close()
 			m = nil
 		}
 	}()
-	kernel, err := os.ReadFile(cfg.Kernel)
-	if err != nil {
-		return nil, fmt.Errorf("kernel: %w", err)
-	}
-	if _, err := boot.Detect(kernel); err != nil {
-		return nil, fmt.Errorf("kernel %s: %w", cfg.Kernel, err)
-	}
-	var initrd []byte
-	if cfg.Initrd != "" {
-		if initrd, err = os.ReadFile(cfg.Initrd); err != nil {
-			return nil, fmt.Errorf("initrd: %w", err)
-		}
-	}
-	if len(cfg.Extra) > 0 {
-		// The kernel unpacks concatenated cpio archives in order; each must
-		// start 4-byte aligned.
-		for len(initrd)%4 != 0 {
-			initrd = append(initrd, 0)
-		}
-		initrd = append(initrd, cfg.Extra...)
-	}
 
 	path := cfg.KVMPath
 	if path == "" {
@@ -133,7 +205,7 @@ func New(cfg Config) (m *Machine, err error) {
 	if m.vm, err = m.sys.CreateVM(); err != nil {
 		return nil, err
 	}
-	if m.mem, err = memory.New(cfg.Memory); err != nil {
+	if m.mem, err = memory.New(ramLayout(bp.RAM)); err != nil {
 		return nil, err
 	}
 	for i, r := range m.mem.Regions() {
@@ -141,18 +213,17 @@ func New(cfg Config) (m *Machine, err error) {
 			return nil, err
 		}
 	}
-	if err := m.vm.SetupX86(tssAddr); err != nil {
+	if err := m.vm.SetupX86(platform.TSSAddr); err != nil {
 		return nil, err
 	}
 
-	cmdline := BaseCmdline
-	if c := strings.TrimSpace(cfg.Cmdline); c != "" {
-		cmdline += " " + c
+	initrd, closeInitrd, err := openInitrd(cfg.Initrd, cfg.Extra, bp.InitrdSize)
+	if err != nil {
+		return nil, err
 	}
-	m.entry, err = boot.Load(boot.Params{
-		Kernel: kernel, KernelPath: cfg.Kernel, Initrd: initrd, Cmdline: cmdline,
-		CPUs: cfg.CPUs, Mem: m.mem, ACPI: true, AML: com1AML,
-	})
+	bp.Initrd, bp.Mem = initrd, m.mem
+	m.entry, err = boot.Load(bp)
+	closeInitrd()
 	if err != nil {
 		return nil, err
 	}
@@ -165,6 +236,8 @@ func New(cfg Config) (m *Machine, err error) {
 		return nil, err
 	}
 	m.tids = make([]atomic.Int32, cfg.CPUs)
+	m.exitCounts = make([]exitCounts, cfg.CPUs)
+	m.probe = make([]atomic.Bool, cfg.CPUs)
 	for i := 0; i < cfg.CPUs; i++ {
 		c, err := m.vm.CreateVCPU(i)
 		if err != nil {
@@ -175,126 +248,106 @@ func New(cfg Config) (m *Machine, err error) {
 			return nil, fmt.Errorf("vcpu %d: %w", i, err)
 		}
 	}
-	// The kernel and initrd copies (tens of MiB) are in guest RAM now; hand
-	// their heap back to the OS so the VMM's own footprint stays small.
-	initrdLen := len(initrd)
-	kernel, initrd = nil, nil
-	debug.FreeOSMemory()
 	m.log.Debug("machine created", "cpus", cfg.CPUs, "memory_mib", cfg.Memory>>20,
-		"protocol", m.entry.Protocol, "cmdline", cmdline, "initrd_bytes", initrdLen)
+		"protocol", m.entry.Protocol, "cmdline", bp.Cmdline, "initrd_bytes", bp.InitrdSize)
 	return m, nil
 }
 
-func (m *Machine) attachDevices() error {
-	m.pio, m.mmio = bus.New("pio"), bus.New("mmio")
-	m.pio.OnUnclaimed(func(a uint64, n int, w bool) { m.logUnclaimed("port", a, n, w) })
-	m.mmio.OnUnclaimed(func(a uint64, n int, w bool) { m.logUnclaimed("mmio", a, n, w) })
-
-	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		return fmt.Errorf("eventfd: %w", err)
-	}
-	m.serialIRQ = efd
-	if err := m.vm.IRQFD(efd, com1IRQ); err != nil {
-		return err
-	}
-	out := m.cfg.Console
-	if out == nil {
-		out = io.Discard
-	}
-	m.console = newConsoleWatch(out, m.onPanicLine)
-	m.uart = serial.New(m.console, m.pulseSerial, m.log.With("dev", "serial"))
-
-	kbd := i8042.New(func() { m.end(Result{Outcome: OutcomeReset}) }, m.log.With("dev", "i8042"))
-	ctl := control.New(controlHandler{m}, m.log.With("dev", "control"))
-	pm := acpipm.New(func() { m.end(Result{Outcome: OutcomePowerOff}) }, m.log.With("dev", "acpi"))
-	for _, d := range []struct {
-		name       string
-		base, size uint64
-		dev        bus.Device
-	}{
-		{"com1", com1Base, 8, m.uart},
-		{"i8042-data", 0x60, 1, kbd.Data()},
-		{"i8042-cmd", 0x64, 1, kbd.Command()},
-		{"ember-control", proto.PortBase, proto.PortCount, ctl},
-		{"acpi-sleep", 0x0ff8, 2, pm},
-		{"rtc", 0x70, 2, rtc.New()},
-		// Port 0x80 is the POST/io_delay port: writes are expected, never news.
-		{"post", 0x80, 1, sink{}},
-	} {
-		if err := m.pio.Register(d.name, d.base, d.size, d.dev); err != nil {
-			return err
+// openInitrd returns the initrd file followed by extra (4-byte aligned)
+// as one reader of size bytes.
+func openInitrd(path string, extra []byte, size int64) (io.ReaderAt, func(), error) {
+	var parts []io.ReaderAt
+	var sizes []int64
+	closeFn := func() {}
+	if path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, nil, fmt.Errorf("initrd: %w", err)
 		}
-	}
-	return nil
-}
-
-// sink swallows writes and reads as all-ones.
-type sink struct{}
-
-func (sink) Read(_ uint64, d []byte) {
-	for i := range d {
-		d[i] = 0xff
-	}
-}
-func (sink) Write(uint64, []byte) {}
-
-var eventfdOne = [8]byte{1}
-
-func (m *Machine) pulseSerial() {
-	// irqfd turns the eventfd write into an edge on the IOAPIC pin.
-	if _, err := unix.Write(m.serialIRQ, eventfdOne[:]); err != nil && !errors.Is(err, unix.EAGAIN) {
-		m.log.Warn("serial interrupt", "err", err)
-	}
-}
-
-func (m *Machine) logUnclaimed(kind string, addr uint64, n int, write bool) {
-	if ok, dropped := m.unclaim.Allow(); ok {
-		op := "read"
-		if write {
-			op = "write"
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, nil, fmt.Errorf("initrd: %w", err)
 		}
-		m.log.Debug("unclaimed guest access", "kind", kind, "addr", fmt.Sprintf("%#x", addr),
-			"size", n, "op", op, "suppressed", dropped)
+		parts, sizes = append(parts, f), append(sizes, st.Size())
+		closeFn = func() { f.Close() }
 	}
-}
-
-type controlHandler struct{ m *Machine }
-
-func (h controlHandler) Exit(status uint8) {
-	h.m.end(Result{Outcome: OutcomeExited, Status: int(status)})
-}
-
-func (h controlHandler) Mark(code uint8) {
-	t := time.Since(h.m.start)
-	h.m.mu.Lock()
-	defer h.m.mu.Unlock()
-	switch code {
-	case proto.MarkInit:
-		if h.m.result.BootTime == 0 {
-			h.m.result.BootTime = t
+	if len(extra) > 0 {
+		var have int64
+		if len(sizes) > 0 {
+			have = sizes[0]
 		}
-	case proto.MarkCommand:
-		if h.m.result.CommandStart == 0 {
-			h.m.result.CommandStart = t
+		if pad := align4(have) - have; pad > 0 {
+			parts, sizes = append(parts, zeros{}), append(sizes, pad)
 		}
+		parts, sizes = append(parts, readerAtBytes(extra)), append(sizes, int64(len(extra)))
 	}
-	h.m.log.Debug("guest mark", "code", code, "since_start", t)
-}
-
-func (h controlHandler) InitFailed() {
-	h.m.end(Result{Outcome: OutcomeInitFailed, Status: proto.StatusInitFailed})
-}
-
-func (m *Machine) onPanicLine(line string) {
-	m.mu.Lock()
-	if m.result.Panic == "" {
-		m.result.Panic = line
+	var total int64
+	for _, s := range sizes {
+		total += s
 	}
-	m.mu.Unlock()
+	if total != size {
+		closeFn()
+		return nil, nil, fmt.Errorf("initrd %s changed size while ember was starting (%d bytes, expected %d)", path, total, size)
+	}
+	return concat{parts: parts, sizes: sizes}, closeFn, nil
 }
 
-// end records the first terminal event and stops the vCPUs.
+type zeros struct{}
+
+func (zeros) ReadAt(p []byte, _ int64) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
+type readerAtBytes []byte
+
+func (b readerAtBytes) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// concat reads parts (of the given sizes) as one.
+type concat struct {
+	parts []io.ReaderAt
+	sizes []int64
+}
+
+func (c concat) ReadAt(p []byte, off int64) (int, error) {
+	n := 0
+	for i, part := range c.parts {
+		if len(p) == 0 {
+			break
+		}
+		if off >= c.sizes[i] {
+			off -= c.sizes[i]
+			continue
+		}
+		k := int(min(int64(len(p)), c.sizes[i]-off))
+		got, err := part.ReadAt(p[:k], off)
+		n += got
+		if got < k {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return n, err
+		}
+		p, off = p[k:], 0
+	}
+	if len(p) > 0 {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// end records the first terminal event, stops the vCPUs and unblocks
+// every goroutine of the run.
 func (m *Machine) end(r Result) {
 	m.mu.Lock()
 	if m.ended {
@@ -306,48 +359,83 @@ func (m *Machine) end(r Result) {
 	if r.Err != nil {
 		m.result.Err = r.Err
 	}
+	if r.Reason != "" {
+		m.result.Reason = r.Reason
+	}
+	hooks := m.onEnd
+	m.onEnd = nil
 	m.mu.Unlock()
 	close(m.endCh)
 	m.kickAll()
-}
-
-// kickAll makes every vCPU leave KVM_RUN: immediate_exit first, then a
-// signal to its thread, so a vCPU between checks cannot miss it.
-func (m *Machine) kickAll() {
-	pid := unix.Getpid()
-	for i, c := range m.vcpus {
-		c.SetImmediateExit(true)
-		if tid := m.tids[i].Load(); tid > 0 {
-			_ = unix.Tgkill(pid, int(tid), unix.SIGURG)
-		}
+	for _, f := range hooks {
+		f()
 	}
 }
 
-// Close releases every resource. It is idempotent.
+// atEnd registers f to run once when the VM ends (to unblock a goroutine).
+func (m *Machine) atEnd(f func()) {
+	m.mu.Lock()
+	if !m.ended {
+		m.onEnd = append(m.onEnd, f)
+		m.mu.Unlock()
+		return
+	}
+	m.mu.Unlock()
+	f()
+}
+
+func (m *Machine) stopped() bool {
+	select {
+	case <-m.endCh:
+		return true
+	default:
+		return false
+	}
+}
+
+// Close releases every resource. It stops and waits for a Run in progress
+// first, so nothing touches a vCPU's run area or an eventfd after they are
+// released, and returns the errors it met. It is idempotent.
 func (m *Machine) Close() error {
+	m.mu.Lock()
+	running := m.state == stateRunning
+	m.mu.Unlock()
+	if running {
+		m.end(Result{Outcome: OutcomeCanceled, Reason: "machine closed"})
+		<-m.runDone
+	}
 	m.closeMu.Lock()
 	defer m.closeMu.Unlock()
-	if m.closed {
+	m.mu.Lock()
+	if m.state == stateClosed {
+		m.mu.Unlock()
 		return nil
 	}
-	m.closed = true
-	if m.uart != nil {
-		m.uart.Flush()
-	}
+	m.state = stateClosed
+	m.mu.Unlock()
+	var errs []error
 	for _, c := range m.vcpus {
-		c.Close()
+		errs = append(errs, c.Close())
 	}
-	if m.serialIRQ >= 0 {
-		unix.Close(m.serialIRQ)
+	for _, l := range m.lines {
+		errs = append(errs, l.close(m.vm))
 	}
 	if m.vm != nil {
-		m.vm.Close()
+		errs = append(errs, m.vm.Close())
 	}
 	if m.mem != nil {
-		m.mem.Close()
+		errs = append(errs, m.mem.Close())
 	}
 	if m.sys != nil {
-		m.sys.Close()
+		errs = append(errs, m.sys.Close())
 	}
-	return nil
+	return errors.Join(errs...)
+}
+
+func ramLayout(rs []boot.Range) [][2]uint64 {
+	out := make([][2]uint64, len(rs))
+	for i, r := range rs {
+		out[i] = [2]uint64{r.Start, r.Size}
+	}
+	return out
 }

@@ -11,12 +11,13 @@ const (
 	OutcomeExited Outcome = "exited"
 	// OutcomeInitFailed: the guest init could not run the command.
 	OutcomeInitFailed Outcome = "init-failed"
-	// OutcomePowerOff: the guest powered off through ACPI without a status.
+	// OutcomePowerOff: the guest powered off without a status: through
+	// ACPI S5, a KVM shutdown event, or by halting every vCPU for good.
 	OutcomePowerOff Outcome = "poweroff"
 	// OutcomeReset: the guest rebooted (i8042 reset, triple fault) without a
 	// status; with Panic set, after a kernel panic.
 	OutcomeReset Outcome = "reset"
-	// OutcomePanic: the guest kernel panicked.
+	// OutcomePanic: the guest kernel panicked, or reported a crash.
 	OutcomePanic Outcome = "panic"
 	// OutcomeTimeout: the run's deadline passed.
 	OutcomeTimeout Outcome = "timeout"
@@ -44,6 +45,12 @@ type Result struct {
 	Exits map[string]uint64
 	// Unclaimed counts guest accesses no device handled.
 	Unclaimed uint64
+	// ConsoleDropped counts guest console bytes that never reached the
+	// host (its reader did not keep up).
+	ConsoleDropped uint64
+	// Reason says what ended the run, for outcomes with several causes
+	// ("ACPI S5", "all vCPUs halted", "i8042 reset", ...).
+	Reason string
 	// Err is the host-side error for OutcomeError.
 	Err error
 }

@@ -4,50 +4,114 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"runtime"
+	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/ember-vmm/ember/vmm/kvm"
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 )
 
-// ErrAlreadyRun is returned by a second call to Run.
-var ErrAlreadyRun = errors.New("machine already ran")
+// Errors of Run.
+var (
+	ErrAlreadyRun = errors.New("machine already ran")
+	ErrClosed     = errors.New("machine closed")
+)
+
+// group runs goroutines, turns a panic in any of them into an error, and
+// calls fail with the first error.
+type group struct {
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	err  error
+	fail func(error)
+}
+
+func (g *group) Go(name string, f func() error) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		err := func() (err error) {
+			defer func() {
+				if r := recover(); r != nil {
+					err = fmt.Errorf("internal error in %s: %v\n%s", name, r, debug.Stack())
+				}
+			}()
+			return f()
+		}()
+		if err != nil {
+			g.mu.Lock()
+			first := g.err == nil
+			if first {
+				g.err = err
+			}
+			g.mu.Unlock()
+			if first && g.fail != nil {
+				g.fail(err)
+			}
+		}
+	}()
+}
+
+func (g *group) Wait() error {
+	g.wg.Wait()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.err
+}
 
 // Run runs the VM until the guest ends it, ctx is done, or a host-side
 // error occurs. Guest outcomes (exit status, panic, reset) are in the
-// Result; the error is for host faults only.
+// Result; the error is for host faults only, and a panic in any goroutine
+// of the run is one: the Result is still complete. Run owns every
+// goroutine it starts and returns after all of them have ended.
 func (m *Machine) Run(ctx context.Context) (*Result, error) {
-	if m.ran {
+	m.mu.Lock()
+	switch m.state {
+	case stateNew:
+	case stateClosed:
+		m.mu.Unlock()
+		return nil, ErrClosed
+	default:
+		m.mu.Unlock()
 		return nil, ErrAlreadyRun
 	}
-	m.ran = true
-	g, gctx := errgroup.WithContext(context.Background())
+	m.state = stateRunning
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.state = stateDone
+		m.mu.Unlock()
+		close(m.runDone)
+	}()
+
+	m.console.start()
+	g := &group{fail: func(err error) { m.end(Result{Outcome: OutcomeError, Err: err}) }}
 	for i, c := range m.vcpus {
-		g.Go(func() error { return m.vcpuLoop(i, c) })
+		g.Go(fmt.Sprintf("vcpu %d", i), func() error { return m.vcpuLoop(i, c) })
 	}
 	if m.cfg.Input != nil {
-		go m.feedInput()
-	}
-	go func() {
-		select {
-		case <-ctx.Done():
-			o := OutcomeCanceled
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				o = OutcomeTimeout
-			}
-			m.end(Result{Outcome: o})
-		case <-gctx.Done(): // a vCPU failed; its error ends the run below
-			m.end(Result{Outcome: OutcomeError})
-		case <-m.endCh:
+		if cl, ok := m.cfg.Input.(io.Closer); ok {
+			m.atEnd(func() { _ = cl.Close() })
 		}
-	}()
-	err := g.Wait()
-	if err != nil {
-		m.end(Result{Outcome: OutcomeError, Err: err})
+		g.Go("console input", m.feedInput)
 	}
-	m.uart.Flush()
+	for _, l := range m.lines {
+		if l.rfd != nil {
+			m.atEnd(l.stopResample)
+			g.Go(fmt.Sprintf("gsi %d resample", l.gsi), l.resample)
+		}
+	}
+	g.Go("watchdog", func() error { return m.watch(ctx) })
+	err := g.Wait()
+
+	drain := m.cfg.ConsoleDrain
+	if drain <= 0 {
+		drain = defaultDrain
+	}
+	m.console.stop(drain)
 
 	m.mu.Lock()
 	r := m.result
@@ -57,12 +121,11 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 		r.Outcome = OutcomePanic
 	}
 	r.Exits = map[string]uint64{}
-	for i := range m.exits {
-		if n := m.exits[i].Load(); n > 0 {
-			r.Exits[kvm.ExitName(uint32(i))] = n
-		}
+	for _, e := range m.exitCounts {
+		e.mergeInto(r.Exits)
 	}
 	r.Unclaimed = m.pio.Unclaimed() + m.mmio.Unclaimed()
+	r.ConsoleDropped = m.console.Dropped()
 	if r.Outcome == OutcomeError {
 		if r.Err == nil {
 			r.Err = err
@@ -72,34 +135,62 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 	return &r, nil
 }
 
-func (m *Machine) stopped() bool {
-	select {
-	case <-m.endCh:
-		return true
-	default:
-		return false
+// watch ends the run when ctx is done and looks for vCPUs halted for good.
+func (m *Machine) watch(ctx context.Context) error {
+	tick := time.NewTicker(haltPoll)
+	defer tick.Stop()
+	var hinted time.Time
+	for {
+		var hint <-chan time.Time
+		if !hinted.IsZero() && time.Since(hinted) < haltHintWindow {
+			hint = time.After(haltHintRetry)
+		}
+		select {
+		case <-ctx.Done():
+			o := OutcomeCanceled
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				o = OutcomeTimeout
+			}
+			m.end(Result{Outcome: o})
+			return nil
+		case <-m.endCh:
+			return nil
+		case <-m.haltCh:
+			hinted = time.Now()
+			continue
+		case <-hint:
+		case <-tick.C:
+		}
+		if m.haltedForGood() {
+			m.end(Result{Outcome: OutcomePowerOff, Reason: "all vCPUs halted with interrupts off"})
+			return nil
+		}
 	}
 }
 
+// vcpuLoop runs vCPU i until the machine stops.
 func (m *Machine) vcpuLoop(i int, c *kvm.VCPU) error {
 	// KVM requires every KVM_RUN of a vCPU from the thread that created
 	// its state last; a locked thread also gives the signal a target.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	m.tids[i].Store(int32(unix.Gettid()))
+	defer m.tids[i].Store(-1)
+	counts := &m.exitCounts[i]
 	for !m.stopped() {
 		err := c.Run()
 		if errors.Is(err, kvm.ErrInterrupted) {
 			c.SetImmediateExit(false)
+			if m.probe[i].Swap(false) {
+				m.probeCh <- sampleVCPU(c)
+			}
 			continue
 		}
 		if err != nil {
 			return err
 		}
 		reason := c.ExitReason()
-		if reason < uint32(len(m.exits)) {
-			m.exits[reason].Add(1)
-		}
+		counts.add(reason)
 		if err := m.handleExit(c, reason); err != nil {
 			return err
 		}
@@ -123,31 +214,32 @@ func (m *Machine) handleExit(c *kvm.VCPU, reason uint32) error {
 			}
 		}
 	case kvm.ExitMMIO:
-		mm := c.MMIO()
+		mm, err := c.MMIO()
+		if err != nil {
+			return err
+		}
 		if mm.Write {
 			m.mmio.Write(mm.Addr, mm.Data)
 		} else {
 			m.mmio.Read(mm.Addr, mm.Data)
 		}
 	case kvm.ExitHLT:
-		// With the in-kernel LAPIC a halted vCPU sleeps in the kernel; an
-		// HLT exit means the guest stopped this CPU for good.
-		m.log.Debug("vcpu halted", "vcpu", c.ID)
+		// Only without an in-kernel LAPIC does HLT exit; ember always has
+		// one, so this is a guest that stopped its boot CPU.
+		m.glog.Debug("vcpu halted", "vcpu", c.ID)
 		if c.ID == 0 {
-			m.end(Result{Outcome: OutcomePowerOff})
+			m.end(Result{Outcome: OutcomePowerOff, Reason: "boot CPU halted"})
 		}
 	case kvm.ExitShutdown:
 		// Triple fault: on real hardware the CPU resets.
-		m.end(Result{Outcome: OutcomeReset})
+		m.end(Result{Outcome: OutcomeReset, Reason: "triple fault"})
 	case kvm.ExitSystemEvent:
-		m.end(Result{Outcome: OutcomeReset})
+		m.end(systemEventResult(c.SystemEvent()))
 	case kvm.ExitIntr, kvm.ExitIRQWindowOpen:
 	case kvm.ExitFailEntry:
-		d := c.ExitDetail()
-		return fmt.Errorf("vcpu %d: entry failed (hardware reason %#x)", c.ID, d[0])
+		return fmt.Errorf("vcpu %d: entry failed (hardware reason %#x)", c.ID, c.FailEntryReason())
 	case kvm.ExitInternalError:
-		d := c.ExitDetail()
-		return fmt.Errorf("vcpu %d: KVM internal error (suberror %d)", c.ID, uint32(d[0]))
+		return fmt.Errorf("vcpu %d: KVM internal error (suberror %d)", c.ID, c.InternalSuberror())
 	default:
 		regs, _ := c.GetRegs()
 		rip := uint64(0)
@@ -159,9 +251,35 @@ func (m *Machine) handleExit(c *kvm.VCPU, reason uint32) error {
 	return nil
 }
 
-// feedInput copies host input to the UART, holding back while its FIFO is
-// full.
-func (m *Machine) feedInput() {
+// systemEventResult maps KVM_EXIT_SYSTEM_EVENT's type to an outcome.
+func systemEventResult(e kvm.SystemEvent) Result {
+	switch e.Type {
+	case kvm.SystemEventShutdown:
+		return Result{Outcome: OutcomePowerOff, Reason: "KVM shutdown event"}
+	case kvm.SystemEventReset:
+		return Result{Outcome: OutcomeReset, Reason: "KVM reset event"}
+	case kvm.SystemEventCrash:
+		return Result{Outcome: OutcomePanic, Reason: "the guest reported a crash (KVM crash event)"}
+	}
+	return Result{Outcome: OutcomeError, Err: fmt.Errorf("unexpected KVM system event type %d (data %v)", e.Type, e.Data)}
+}
+
+// kickAll makes every vCPU leave KVM_RUN: immediate_exit first, then a
+// signal to its thread, so a vCPU between checks cannot miss it.
+func (m *Machine) kickAll() {
+	pid := unix.Getpid()
+	for i, c := range m.vcpus {
+		c.SetImmediateExit(true)
+		if tid := m.tids[i].Load(); tid > 0 {
+			_ = unix.Tgkill(pid, int(tid), unix.SIGURG)
+		}
+	}
+}
+
+// feedInput copies host input to the UART, holding back while its buffer
+// is full. It returns when the input ends or the VM does (Run closes the
+// input, which must then return from Read).
+func (m *Machine) feedInput() error {
 	buf := make([]byte, 256)
 	for {
 		n, err := m.cfg.Input.Read(buf)
@@ -170,11 +288,14 @@ func (m *Machine) feedInput() {
 			k := m.uart.Input(p)
 			p = p[k:]
 			if len(p) > 0 {
-				time.Sleep(2 * time.Millisecond)
+				select {
+				case <-m.endCh:
+				case <-time.After(2 * time.Millisecond):
+				}
 			}
 		}
 		if err != nil || m.stopped() {
-			return
+			return nil
 		}
 	}
 }

@@ -2,90 +2,28 @@ package elf64
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"runtime"
 	"testing"
+
+	"github.com/ember-vmm/ember/boot/elf64/elf64test"
 )
 
-// sec is a section for build.
-type sec struct {
-	name  string
-	typ   uint32
-	flags uint64
-	data  []byte
-	size  uint64 // header size if non-zero (may exceed len(data))
-}
+type sec = elf64test.Section
 
 // build makes an ELF64 x86-64 file with the given program headers and
-// sections (a name table is added last).
+// sections.
 func build(progs []Prog, secs []sec) []byte {
-	le := binary.LittleEndian
-	f := make([]byte, headerSize)
-	copy(f, "\x7fELF")
-	f[4], f[5], f[6] = classELF64, dataLSB, 1
-	le.PutUint16(f[16:], 2)
-	le.PutUint16(f[18:], MachineX86_64)
-	if len(progs) > 0 {
-		le.PutUint64(f[32:], uint64(len(f)))
-		le.PutUint16(f[54:], phentSize)
-		le.PutUint16(f[56:], uint16(len(progs)))
-		for _, p := range progs {
-			b := make([]byte, phentSize)
-			le.PutUint32(b[0:], p.Type)
-			le.PutUint32(b[4:], p.Flags)
-			le.PutUint64(b[8:], p.Off)
-			le.PutUint64(b[16:], p.Vaddr)
-			le.PutUint64(b[24:], p.Paddr)
-			le.PutUint64(b[32:], p.Filesz)
-			le.PutUint64(b[40:], p.Memsz)
-			f = append(f, b...)
-		}
+	var ps []elf64test.Prog
+	for _, p := range progs {
+		ps = append(ps, elf64test.Prog{Type: p.Type, Off: p.Off, Paddr: p.Paddr, Filesz: p.Filesz, Memsz: p.Memsz})
 	}
-	if len(secs) == 0 {
-		return f
-	}
-	names := []byte{0}
-	all := append([]sec{{}}, secs...)
-	all = append(all, sec{name: ".shstrtab", typ: 3})
-	offs := make([]uint32, len(all))
-	for i, s := range all {
-		if i == 0 {
-			continue
-		}
-		offs[i] = uint32(len(names))
-		names = append(names, s.name...)
-		names = append(names, 0)
-	}
-	all[len(all)-1].data = names
-	dataOff := make([]uint64, len(all))
-	for i, s := range all {
-		dataOff[i] = uint64(len(f))
-		f = append(f, s.data...)
-	}
-	le.PutUint64(f[40:], uint64(len(f)))
-	le.PutUint16(f[58:], shentSize)
-	le.PutUint16(f[60:], uint16(len(all)))
-	le.PutUint16(f[62:], uint16(len(all)-1))
-	for i, s := range all {
-		b := make([]byte, shentSize)
-		size := s.size
-		if size == 0 {
-			size = uint64(len(s.data))
-		}
-		le.PutUint32(b[0:], offs[i])
-		le.PutUint32(b[4:], s.typ)
-		le.PutUint64(b[8:], s.flags)
-		le.PutUint64(b[24:], dataOff[i])
-		le.PutUint64(b[32:], size)
-		f = append(f, b...)
-	}
-	return f
+	return elf64test.File{Progs: ps, Sections: secs}.Bytes()
 }
 
 func TestOpenAndSections(t *testing.T) {
 	elf := build([]Prog{{Type: PTLoad, Off: 0, Paddr: 0x100000, Filesz: 64, Memsz: 128}},
-		[]sec{{name: ".modinfo", typ: 1, data: []byte("depends=a,b\x00")}})
+		[]sec{{Name: ".modinfo", Type: 1, Data: []byte("depends=a,b\x00")}})
 	f, err := Open(bytes.NewReader(elf), int64(len(elf)))
 	if err != nil {
 		t.Fatal(err)
@@ -114,12 +52,9 @@ func TestOpenAndSections(t *testing.T) {
 // section made debug/elf allocate over a gigabyte on open. Opening it,
 // listing its sections and asking for the data must stay small and refuse.
 func TestCompressedSectionBomb(t *testing.T) {
-	chdr := make([]byte, 24) // Elf64_Chdr: zlib, 256 MiB uncompressed
-	binary.LittleEndian.PutUint32(chdr[0:], 1)
-	binary.LittleEndian.PutUint64(chdr[8:], 256<<20)
 	elf := build(nil, []sec{
-		{name: ".note.bomb", typ: SHTNote, flags: SHFCompressed, data: append(chdr, make([]byte, 8000)...)},
-		{name: ".huge", typ: 1, data: nil, size: 64 << 30},
+		{Name: ".note.bomb", Type: SHTNote, Flags: SHFCompressed, Data: elf64test.CompressedBomb(256<<20, 8000)},
+		{Name: ".huge", Type: 1, Size: 64 << 30},
 	})
 	var before, after runtime.MemStats
 	runtime.GC()
@@ -144,7 +79,7 @@ func TestCompressedSectionBomb(t *testing.T) {
 }
 
 func TestBadFiles(t *testing.T) {
-	good := build([]Prog{{Type: PTLoad, Filesz: 8, Memsz: 8}}, []sec{{name: ".a", typ: 1, data: []byte("x")}})
+	good := build([]Prog{{Type: PTLoad, Filesz: 8, Memsz: 8}}, []sec{{Name: ".a", Type: 1, Data: []byte("x")}})
 	mutate := func(off int, v []byte) []byte {
 		b := bytes.Clone(good)
 		copy(b[off:], v)
@@ -171,8 +106,8 @@ func TestBadFiles(t *testing.T) {
 
 func FuzzOpen(f *testing.F) {
 	f.Add(build([]Prog{{Type: PTLoad, Filesz: 8, Memsz: 8}, {Type: PTNote, Off: 64, Filesz: 20}},
-		[]sec{{name: ".note", typ: SHTNote, data: make([]byte, 20)}}))
-	f.Add(build(nil, []sec{{name: ".modinfo", typ: 1, data: []byte("depends=\x00")}}))
+		[]sec{{Name: ".note", Type: SHTNote, Data: make([]byte, 20)}}))
+	f.Add(build(nil, []sec{{Name: ".modinfo", Type: 1, Data: []byte("depends=\x00")}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)

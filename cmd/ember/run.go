@@ -9,6 +9,7 @@ import (
 
 	"github.com/ember-vmm/ember/configs"
 	"github.com/ember-vmm/ember/images"
+	"github.com/ember-vmm/ember/vmm/hostio"
 	"github.com/ember-vmm/ember/vmm/launch"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -21,9 +22,13 @@ type runFlags struct {
 	env                                    []string
 	json                                   bool
 	resultFile                             string
-	interactive                            string
 	kvmPath                                string
+	nestedStall                            time.Duration
 }
+
+// reportWriteLimit bounds the wait for a stalled stdout to take the JSON
+// report: the exit status is what scripts rely on.
+const reportWriteLimit = 5 * time.Second
 
 func newRunCmd(g *globals) *cobra.Command {
 	f := &runFlags{}
@@ -35,8 +40,10 @@ the file. With COMMAND, the guest runs it and ember exits with its exit
 status. Without one, on a terminal you get a shell on the serial console
 (Ctrl-A x quits); without a terminal the config's run.command runs.
 
-Exit status: the command's own; 123 guest kernel panic; 124 timeout;
-125 ember error (bad config, missing file, no accelerator).`,
+Exit status: the command's own; 122 the nested L1 guest stopped responding;
+123 guest kernel panic; 124 timeout; 125 ember error (bad config, missing
+file, no accelerator); 127 the guest init could not start the command;
+130 ember was interrupted.`,
 		Example: `  ember run
   ember run -- uname -a
   ember run vm.toml --cpus 2 --memory 1G -- sh -c 'exit 42'
@@ -62,16 +69,22 @@ Exit status: the command's own; 123 guest kernel panic; 124 timeout;
 	fl.DurationVar(&f.timeout, "timeout", 0, "stop the guest after this long (e.g. 30s); exit status 124")
 	fl.StringArrayVar(&f.env, "env", nil, "KEY=VALUE for the guest command (repeatable)")
 	fl.BoolVar(&f.json, "json", false, "print a JSON result on stdout when the VM ends")
-	fl.StringVar(&f.resultFile, "result-file", "", "also write the JSON result to this file")
-	fl.StringVar(&f.interactive, "interactive", "auto", "console mode: auto (a shell when stdin is a terminal and no command is given), true or false")
-	fl.StringVar(&f.kvmPath, "kvm-device", "/dev/kvm", "KVM device")
-	_ = fl.MarkHidden("result-file")
-	_ = fl.MarkHidden("interactive")
-	_ = fl.MarkHidden("kvm-device")
+	addHiddenRunFlags(cmd, f)
 	_ = cmd.RegisterFlagCompletionFunc("accel", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 		return []string{"auto", "kvm", "nested"}, cobra.ShellCompDirectiveNoFileComp
 	})
 	return cmd
+}
+
+// addHiddenRunFlags are for ember's own use (the nested path, tests).
+func addHiddenRunFlags(cmd *cobra.Command, f *runFlags) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.resultFile, "result-file", "", "also write the JSON result to this file")
+	fl.StringVar(&f.kvmPath, "kvm-device", "/dev/kvm", "KVM device")
+	fl.DurationVar(&f.nestedStall, "nested-stall", 0, "how long a nested L1 guest may go without a heartbeat")
+	_ = fl.MarkHidden("result-file")
+	_ = fl.MarkHidden("kvm-device")
+	_ = fl.MarkHidden("nested-stall")
 }
 
 func runVM(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
@@ -97,40 +110,50 @@ func runVM(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 	if err := applyFlags(cmd, cfg, f); err != nil {
 		return err
 	}
+	// Validation happens once, after the flags, before anything runs.
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-
-	interactive := false
-	switch f.interactive {
-	case "auto":
-		interactive = len(command) == 0 && isTerminal(os.Stdin) && isTerminal(os.Stdout)
-	case "true":
-		interactive = true
-	case "false":
-	default:
-		return fmt.Errorf("--interactive %q: expected auto, true or false", f.interactive)
-	}
-
+	interactive := len(command) == 0 && isTerminal(os.Stdin) && isTerminal(os.Stdout)
 	cacheDir := g.cacheDir
 	if cacheDir == "" {
 		cacheDir = images.DefaultDir()
 	}
-	var stdin io.Reader = os.Stdin
-	ctx := cmd.Context()
-	if interactive && isTerminal(os.Stdin) {
-		old, err := term.MakeRaw(int(os.Stdin.Fd()))
-		if err != nil {
-			return fmt.Errorf("terminal raw mode: %w", err)
-		}
-		defer term.Restore(int(os.Stdin.Fd()), old)
-		fmt.Fprint(os.Stderr, "ember: console attached; Ctrl-A x quits\r\n")
-	}
-	rep, err := launch.Run(ctx, launch.Options{
+	o := launch.Options{
 		Config: cfg, Command: command, Interactive: interactive, KVMPath: f.kvmPath,
-		Stdin: stdin, Stdout: os.Stdout, Stderr: os.Stderr, Log: g.log,
-		Progress: progress(false), CacheDir: cacheDir,
+		Stderr: os.Stderr, Log: g.log, Progress: progress(false), CacheDir: cacheDir, NestedStall: f.nestedStall,
+	}
+	return runAndReport(cmd, g, f, o, true, func(o launch.Options) (*launch.Report, error) {
+		return launch.Run(cmd.Context(), o)
 	})
+}
+
+// runAndReport sets up the console (raw terminal, interruptible stdin,
+// stdout with write deadlines), runs, and reports the outcome. announce
+// prints the console notice (the outer ember of a nested run does).
+func runAndReport(cmd *cobra.Command, g *globals, f *runFlags, o launch.Options, announce bool, run func(launch.Options) (*launch.Report, error)) error {
+	stdout := hostio.Output(os.Stdout)
+	if stdout != os.Stdout {
+		defer stdout.Close()
+	}
+	o.Stdout = stdout
+	if o.Interactive {
+		in := hostio.NewInput(os.Stdin)
+		defer in.Close()
+		o.Stdin = in
+		if isTerminal(os.Stdin) {
+			old, err := term.MakeRaw(int(os.Stdin.Fd()))
+			if err != nil {
+				return fmt.Errorf("terminal raw mode: %w", err)
+			}
+			defer term.Restore(int(os.Stdin.Fd()), old)
+			o.Terminal = os.Stdin
+			if announce {
+				fmt.Fprint(os.Stderr, "ember: console attached; Ctrl-A x quits\r\n")
+			}
+		}
+	}
+	rep, err := run(o)
 	if err != nil {
 		return err
 	}
@@ -141,7 +164,8 @@ func runVM(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 		}
 	}
 	if f.json {
-		fmt.Fprintln(cmd.OutOrStdout(), string(out))
+		_ = stdout.SetWriteDeadline(time.Now().Add(reportWriteLimit))
+		fmt.Fprintln(stdout, string(out))
 	}
 	if rep.Message != "" {
 		fmt.Fprintln(os.Stderr, "ember:", rep.Message)
@@ -152,6 +176,50 @@ func runVM(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 		return exitError{rep.ExitStatus}
 	}
 	return nil
+}
+
+// newRunPlanCmd is how ember runs itself inside a nested L1 guest: the
+// outer ember resolved and checked the VM and passes it as a plan file.
+func newRunPlanCmd(g *globals) *cobra.Command {
+	f := &runFlags{}
+	cmd := &cobra.Command{
+		Use:    "run-plan PLAN.json",
+		Short:  "Run a resolved VM plan on KVM (used by --accel nested)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := readPlan(args[0])
+			if err != nil {
+				return err
+			}
+			o := launch.Options{Interactive: p.Interactive, KVMPath: f.kvmPath, Stderr: os.Stderr, Log: g.log}
+			return runAndReport(cmd, g, f, o, false, func(o launch.Options) (*launch.Report, error) {
+				return launch.RunPlan(cmd.Context(), p, o)
+			})
+		},
+	}
+	addHiddenRunFlags(cmd, f)
+	return cmd
+}
+
+// maxPlan bounds a plan file (a few hundred bytes in practice).
+const maxPlan = 1 << 20
+
+func readPlan(path string) (*launch.Plan, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("plan: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxPlan+1))
+	if err != nil || len(b) > maxPlan {
+		return nil, fmt.Errorf("plan %s: unreadable or larger than %d bytes (%v)", path, maxPlan, err)
+	}
+	var p launch.Plan
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("plan %s: %w", path, err)
+	}
+	return &p, nil
 }
 
 // applyFlags overrides config values with the flags the user set.

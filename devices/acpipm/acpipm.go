@@ -9,26 +9,28 @@ import (
 	"sync/atomic"
 )
 
-// SleepTypeS5 is the \_S5 sleep type ember's DSDT declares.
-const SleepTypeS5 = 5
-
 const slpEN = 1 << 5
 
 // Device is the two one-byte registers: control at offset 0, status at 1.
 type Device struct {
 	once     sync.Once
+	s5       uint8
 	powerOff func()
 	other    atomic.Uint64
 	log      *slog.Logger
 }
 
-// New returns the device; powerOff is called once on an S5 request.
-func New(powerOff func(), log *slog.Logger) *Device {
+// New returns the device; powerOff is called once on a request for sleep
+// type s5 (the value the DSDT's \_S5 declares).
+func New(s5 uint8, powerOff func(), log *slog.Logger) *Device {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Device{powerOff: powerOff, log: log}
+	return &Device{s5: s5, powerOff: powerOff, log: log}
 }
+
+// Other counts requests for sleep states other than S5 (ignored).
+func (d *Device) Other() uint64 { return d.other.Load() }
 
 // Read returns zero: no wake status.
 func (d *Device) Read(_ uint64, data []byte) {
@@ -46,7 +48,7 @@ func (d *Device) Write(off uint64, data []byte) {
 	if v&slpEN == 0 {
 		return
 	}
-	if typ := (v >> 2) & 7; typ != SleepTypeS5 {
+	if typ := (v >> 2) & 7; typ != d.s5 {
 		d.other.Add(1)
 		d.log.Debug("unsupported sleep state", "slp_typ", typ)
 		return

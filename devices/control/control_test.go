@@ -34,3 +34,23 @@ func TestReports(t *testing.T) {
 	d.Write(3, nil)
 	d.Read(7, make([]byte, 8))
 }
+
+// FuzzControl writes guest-chosen bytes to every offset of the control
+// device: at most one exit is reported, and nothing panics.
+func FuzzControl(f *testing.F) {
+	f.Add([]byte{1, 2, 0, 42, 0, 7, 2, 0})
+	f.Add([]byte{3, 1, 3, 1, 0, 0})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		r := &rec{}
+		d := New(r, nil)
+		for i := 0; i+1 < len(ops); i += 2 {
+			off := uint64(ops[i] % 8)
+			d.Write(off, ops[i+1:i+2])
+			buf := make([]byte, 1+int(ops[i]>>6))
+			d.Read(off, buf)
+		}
+		if len(r.exits)+r.failed > 1 {
+			t.Fatalf("%d exits and %d init failures reported", len(r.exits), r.failed)
+		}
+	})
+}

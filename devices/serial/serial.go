@@ -7,7 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"sync"
-	"time"
+
+	"github.com/ember-vmm/ember/devices/irq"
 )
 
 // Register offsets from the base port.
@@ -51,36 +52,35 @@ const (
 	msrDCD = 1 << 7
 )
 
-const (
-	rxCap      = 1024
-	flushAt    = 4096
-	flushDelay = 5 * time.Millisecond
-)
+// rxCap is the receive buffer: more than the 16550A's 16-byte FIFO, so
+// pasted input does not stall on every character.
+const rxCap = 1024
 
 // UART is one 16550A. Read and Write are called by vCPU threads, Input by
 // the console reader; all state is under mu, and neither the interrupt nor
-// the output writer is called with mu held.
+// the output is called with mu held: the host side may stall, the guest
+// side may not.
 type UART struct {
 	mu                      sync.Mutex
 	ier, lcr, mcr, scr, fcr byte
 	dll, dlm                byte
 	threPending             bool
 	rx                      []byte // pending input, at most rxCap
-	out                     *coalescer
-	irq                     func()
+	out                     io.ByteWriter
+	irq                     irq.Line
 	log                     *slog.Logger
 }
 
-// New returns a UART writing guest output to out and calling irq to pulse
-// its (edge-triggered) interrupt line.
-func New(out io.Writer, irq func(), log *slog.Logger) *UART {
+// New returns a UART handing each transmitted byte to out (which must not
+// block: the VMM buffers) and raising its edge-triggered line through irq.
+func New(out io.ByteWriter, line irq.Line, log *slog.Logger) *UART {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if irq == nil {
-		irq = func() {}
+	if line == nil {
+		line = irq.None{}
 	}
-	return &UART{out: newCoalescer(out, log), irq: irq, log: log, dll: 12, mcr: mcrOUT2, rx: make([]byte, 0, rxCap)}
+	return &UART{out: out, irq: line, log: log, dll: 12, mcr: mcrOUT2, rx: make([]byte, 0, rxCap)}
 }
 
 // Read implements bus.Device.
@@ -96,7 +96,7 @@ func (u *UART) Read(off uint64, data []byte) {
 	u.mu.Unlock()
 	data[0] = v
 	if fire {
-		u.irq()
+		u.irq.Trigger()
 	}
 }
 
@@ -106,10 +106,13 @@ func (u *UART) Write(off uint64, data []byte) {
 		return
 	}
 	u.mu.Lock()
-	fire := u.writeReg(off, data[0])
+	fire, tx, ok := u.writeReg(off, data[0])
 	u.mu.Unlock()
+	if ok {
+		_ = u.out.WriteByte(tx)
+	}
 	if fire {
-		u.irq()
+		u.irq.Trigger()
 	}
 }
 
@@ -185,33 +188,34 @@ func (u *UART) iir() byte {
 	return iirNone
 }
 
-func (u *UART) writeReg(off uint64, v byte) (fire bool) {
+// writeReg applies a register write; tx, ok is a byte to transmit.
+func (u *UART) writeReg(off uint64, v byte) (fire bool, tx byte, ok bool) {
 	switch off {
 	case regData:
 		if u.lcr&lcrDLAB != 0 {
 			u.dll = v
-			return false
+			return false, 0, false
 		}
 		if u.mcr&mcrLoop != 0 {
 			u.pushRX([]byte{v})
 		} else {
-			u.out.WriteByte(v)
+			tx, ok = v, true
 		}
 		// The byte leaves at once: the holding register is empty again.
 		u.threPending = true
-		return u.ier&ierTHRE != 0 || (u.mcr&mcrLoop != 0 && u.ier&ierRDA != 0)
+		return u.ier&ierTHRE != 0 || (u.mcr&mcrLoop != 0 && u.ier&ierRDA != 0), tx, ok
 	case regIER:
 		if u.lcr&lcrDLAB != 0 {
 			u.dlm = v
-			return false
+			return false, 0, false
 		}
 		was := u.ier
 		u.ier = v & 0x0f
 		if u.ier&ierTHRE != 0 && was&ierTHRE == 0 {
 			u.threPending = true
-			return true
+			return true, 0, false
 		}
-		return u.iir() != iirNone
+		return u.iir() != iirNone, 0, false
 	case regIIR: // FCR
 		u.fcr = v & 0xc9
 		if v&0x02 != 0 {
@@ -224,7 +228,7 @@ func (u *UART) writeReg(off uint64, v byte) (fire bool) {
 	case regSCR:
 		u.scr = v
 	}
-	return false
+	return false, 0, false
 }
 
 func (u *UART) pushRX(p []byte) int {
@@ -240,13 +244,7 @@ func (u *UART) Input(p []byte) int {
 	fire := n > 0 && u.ier&ierRDA != 0
 	u.mu.Unlock()
 	if fire {
-		u.irq()
+		u.irq.Trigger()
 	}
 	return n
 }
-
-// Flush writes out any buffered guest output.
-func (u *UART) Flush() { u.out.Flush() }
-
-// Dropped reports how many output bytes could not be written to the host.
-func (u *UART) Dropped() uint64 { return u.out.Dropped() }

@@ -256,6 +256,14 @@ func commandArgs(r *proto.Run, look func(string) (string, error)) []string {
 func runCommand(r *proto.Run) int {
 	applyEnv(r.Env)
 	args := commandArgs(r, exec.LookPath)
+	if len(r.Args) == 0 && isTTY(0) {
+		// The interactive shell gets a terminal with a size.
+		status, err := runOnPTY(os.Stdin, args, r.Dir, r.Winsize, waitReaping)
+		if err == nil {
+			return status
+		}
+		logf("shell on a pseudo-terminal: %v; running it on the console", err)
+	}
 	cmd, err := startOnConsole(args, r.Dir)
 	if err != nil {
 		logf("%v", err)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"github.com/ember-vmm/ember/guest/proto"
 	"golang.org/x/sys/unix"
@@ -49,6 +50,12 @@ func nestedMounts(n *proto.Nested) []mnt {
 // given on the console, then leaves the exit status in the IO share. The
 // returned status only matters outside QEMU.
 func nestedMain(r *proto.Run) int {
+	if r.Nested.Heartbeat != "" {
+		go heartbeat(r.Nested.Heartbeat)
+	}
+	if err := holdKVMKeys(); err != nil {
+		logf("nested: %v", err)
+	}
 	if err := mountAll(nestedMounts(r.Nested)); err != nil {
 		// Without the root or IO share nothing can run or report; the host
 		// sees no status file and shows this console output.
@@ -85,6 +92,12 @@ func nestedRun(r *proto.Run) int {
 		return proto.StatusInitFailed
 	}
 	applyEnv(r.Env)
+	if os.Getenv("XDG_CACHE_HOME") == "" {
+		// L1's root is the host's, read-only: whatever wants a cache
+		// directory (ember itself creates one at start, through Go's
+		// x/tools) gets L1's tmpfs instead of an error on the console.
+		os.Setenv("XDG_CACHE_HOME", "/tmp/.cache")
+	}
 	rawConsole(0)
 	if err := writeFileSync(filepath.Join(proto.IOMount, proto.StartedFile), ""); err != nil {
 		logf("nested: %v", err)
@@ -126,4 +139,61 @@ func rawConsole(fd int) {
 	t.Cflag |= unix.CS8
 	t.Cc[unix.VMIN], t.Cc[unix.VTIME] = 1, 0
 	_ = unix.IoctlSetTermios(fd, unix.TCSETS, t)
+}
+
+// heartbeat writes a byte to dev (a serial port the host watches) every
+// second for as long as L1 lives, so the host can tell a stuck L1 (a kernel
+// lockup, a frozen emulator) from a slow one and end it.
+func heartbeat(dev string) {
+	f, err := os.OpenFile(dev, os.O_WRONLY|unix.O_NOCTTY, 0)
+	if err != nil {
+		logf("nested: heartbeat: %v (the host will take L1 for stuck)", err)
+		return
+	}
+	rawConsole(int(f.Fd()))
+	for {
+		if _, err := f.Write([]byte{'.'}); err != nil {
+			logf("nested: heartbeat: %v", err)
+			return
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// KVM ioctls (include/uapi/linux/kvm.h) that take no pointer.
+const (
+	kvmCreateVM      = 0xae01
+	kvmCreateVCPU    = 0xae41
+	kvmCreateIRQChip = 0xae60
+)
+
+// holdKVMKeys creates a VM with an in-kernel irqchip and one vCPU (which
+// never runs) and keeps it open for as long as L1 lives.
+//
+// Why: the first VM on a host enables KVM's static keys (the scheduler's
+// preempt notifiers, the LAPIC "software disabled" key) and the last one
+// to go disables them again; each flip rewrites kernel text on the running
+// L1 CPUs (text_poke with an int3 breakpoint and IPIs). Under QEMU's
+// software emulator, with the host busy, such cross-CPU code patching has
+// wedged both L1 vCPUs for good (soft lockups at the patched jump in
+// finish_task_switch) mid-test-suite. Holding one VM keeps every key set:
+// the keys flip once, here, before any guest runs, and never again.
+func holdKVMKeys() error {
+	kvm, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("holding a KVM VM: %w", err)
+	}
+	vm, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(kvm), kvmCreateVM, 0)
+	if errno != 0 {
+		return fmt.Errorf("holding a KVM VM: KVM_CREATE_VM: %w", errno)
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, vm, kvmCreateIRQChip, 0); errno != 0 {
+		return fmt.Errorf("holding a KVM VM: KVM_CREATE_IRQCHIP: %w", errno)
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, vm, kvmCreateVCPU, 0); errno != 0 {
+		return fmt.Errorf("holding a KVM VM: KVM_CREATE_VCPU: %w", errno)
+	}
+	// The descriptors stay open (close-on-exec keeps them from children).
+	unix.CloseOnExec(int(vm))
+	return nil
 }

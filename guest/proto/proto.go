@@ -52,6 +52,8 @@ type Run struct {
 	Dir string `json:"dir,omitempty"`
 	// Shell is the program to start when Args is empty.
 	Shell string `json:"shell,omitempty"`
+	// Winsize is the host terminal's size, for the interactive shell.
+	Winsize *Winsize `json:"winsize,omitempty"`
 
 	// Nested, when set, makes init act as the L1 host of --accel nested:
 	// it loads KVM, mounts the shares and runs ember itself.
@@ -67,6 +69,10 @@ type Nested struct {
 	IOTag string `json:"io_tag"`
 	// Mounts are extra host directories, mounted at the same path in L1.
 	Mounts []NestedMount `json:"mounts,omitempty"`
+	// Heartbeat is a device in L1 (a serial port whose output the host
+	// watches) to which init writes a byte every second, so the host can
+	// tell a stuck L1 from a slow one.
+	Heartbeat string `json:"heartbeat,omitempty"`
 }
 
 // NestedMount is one extra 9p share.

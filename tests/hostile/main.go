@@ -1,6 +1,8 @@
 // Command hostile runs inside a guest and misbehaves on purpose: it writes
 // garbage to every I/O port (plain and string I/O) and reads and writes
-// unmapped MMIO addresses. The VMM must survive all of it.
+// unmapped MMIO addresses. The VMM must survive all of it. "hostile halt"
+// instead halts the machine the way a kernel without ACPI powers off
+// (every CPU in HLT with interrupts off, nobody told).
 package main
 
 import (
@@ -37,6 +39,12 @@ func skip(p int) bool {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "halt" {
+		unix.Sync()
+		err := unix.Reboot(unix.LINUX_REBOOT_CMD_HALT)
+		fmt.Fprintln(os.Stderr, "hostile: reboot(HALT):", err)
+		os.Exit(2)
+	}
 	if err := unix.Iopl(3); err != nil {
 		fmt.Fprintln(os.Stderr, "hostile: iopl:", err)
 		os.Exit(2)

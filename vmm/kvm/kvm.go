@@ -1,11 +1,13 @@
-// Package kvm is the only package that issues KVM ioctls. It wraps
-// github.com/bobuhiro11/gokvm's kvm package where that is complete and
-// correct, and adds what it lacks (irqfd, ioeventfd, FPU, a KVM_RUN that
-// reports every error, bounds-checked access to the shared run structure).
+// Package kvm is the only package that issues KVM ioctls. Every ioctl that
+// passes memory to the kernel is issued here through ioctlPtr, which keeps
+// the argument a real pointer until the system call itself; from
+// github.com/bobuhiro11/gokvm ember takes the ioctl-number helpers, the
+// capability numbers and the fd-only calls (create VM, vCPU, irqchip), and
+// none of its types appear in this package's API.
 package kvm
 
 import (
-	"encoding/binary"
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -26,25 +28,21 @@ var (
 	ErrInterrupted = errors.New("vcpu run interrupted")
 )
 
-// ioctl numbers gokvm does not provide; from include/uapi/linux/kvm.h.
-var (
-	ioctlIRQFD      = iow(0x76, 32)  // struct kvm_irqfd
-	ioctlIOEventFD  = iow(0x79, 64)  // struct kvm_ioeventfd
-	ioctlSetFPU     = iow(0x8d, 416) // struct kvm_fpu
-	ioctlRun        = uintptr(0xAE80)
-	ioctlCheckExt   = uintptr(0xAE03)
-	ioctlGetVersion = uintptr(0xAE00)
+// Capability is a KVM_CAP_* number.
+type Capability = uintptr
+
+// Capabilities ember requires.
+const (
+	CapIRQChip       Capability = uintptr(gokvm.CapIRQChip)
+	CapUserMemory    Capability = uintptr(gokvm.CapUserMemory)
+	CapSetTSSAddr    Capability = uintptr(gokvm.CapSetTSSAddr)
+	CapPIT2          Capability = uintptr(gokvm.CapPIT2)
+	CapIRQFD         Capability = uintptr(gokvm.CapIRQFD)
+	CapIOEventFD     Capability = uintptr(gokvm.CapIOEventFD)
+	CapImmediateExit Capability = uintptr(gokvm.CapImmediateExit)
+	CapExtCPUID      Capability = uintptr(gokvm.CapEXTCPUID)
+	CapMPState       Capability = uintptr(gokvm.CapMPState)
 )
-
-func iow(nr, size uintptr) uintptr { return 1<<30 | size<<16 | 0xAE<<8 | nr }
-
-func ioctl(fd int, req, arg uintptr) (uintptr, error) {
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
-	if errno != 0 {
-		return r, errno
-	}
-	return r, nil
-}
 
 // System is an open /dev/kvm.
 type System struct {
@@ -66,25 +64,26 @@ func Open(path string) (*System, error) {
 		return nil, fmt.Errorf("%w: %s: API version %d, want %d (%v)", ErrUnavailable, path, v, APIVersion, err)
 	}
 	for _, c := range []struct {
-		cap  gokvm.Capability
+		cap  Capability
 		name string
 	}{
-		{gokvm.CapIRQChip, "KVM_CAP_IRQCHIP"},
-		{gokvm.CapUserMemory, "KVM_CAP_USER_MEMORY"},
-		{gokvm.CapSetTSSAddr, "KVM_CAP_SET_TSS_ADDR"},
-		{gokvm.CapPIT2, "KVM_CAP_PIT2"},
-		{gokvm.CapIRQFD, "KVM_CAP_IRQFD"},
-		{gokvm.CapIOEventFD, "KVM_CAP_IOEVENTFD"},
-		{gokvm.CapImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"},
-		{gokvm.CapEXTCPUID, "KVM_CAP_EXT_CPUID"},
+		{CapIRQChip, "KVM_CAP_IRQCHIP"},
+		{CapUserMemory, "KVM_CAP_USER_MEMORY"},
+		{CapSetTSSAddr, "KVM_CAP_SET_TSS_ADDR"},
+		{CapPIT2, "KVM_CAP_PIT2"},
+		{CapIRQFD, "KVM_CAP_IRQFD"},
+		{CapIOEventFD, "KVM_CAP_IOEVENTFD"},
+		{CapImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"},
+		{CapExtCPUID, "KVM_CAP_EXT_CPUID"},
+		{CapMPState, "KVM_CAP_MP_STATE"},
 	} {
 		if n, err := s.Check(c.cap); err != nil || n == 0 {
 			f.Close()
 			return nil, fmt.Errorf("%w: %s lacks %s", ErrUnavailable, path, c.name)
 		}
 	}
-	n, err := gokvm.GetVCPUMMmapSize(f.Fd())
-	if err != nil || n < 4096 {
+	n, err := gokvm.GetVCPUMMmapSize(s.fd())
+	if err != nil || n < runMinSize {
 		f.Close()
 		return nil, fmt.Errorf("%w: KVM_GET_VCPU_MMAP_SIZE: %d, %v", ErrUnavailable, n, err)
 	}
@@ -92,24 +91,41 @@ func Open(path string) (*System, error) {
 	return s, nil
 }
 
-func (s *System) fd() int { return int(s.f.Fd()) }
+func (s *System) fd() uintptr { return s.f.Fd() }
 
 // Check returns KVM_CHECK_EXTENSION for c.
-func (s *System) Check(c gokvm.Capability) (int, error) {
-	r, err := ioctl(s.fd(), ioctlCheckExt, uintptr(c))
+func (s *System) Check(c Capability) (int, error) {
+	r, err := ioctl(s.fd(), ioctlCheckExtension, c)
 	return int(r), err
 }
 
 // Close closes /dev/kvm.
 func (s *System) Close() error { return s.f.Close() }
 
+// maxCPUIDEntries bounds KVM_GET_SUPPORTED_CPUID's answer; KVM reports
+// E2BIG if it has more (it has about 60 today).
+const maxCPUIDEntries = 256
+
 // SupportedCPUID returns the CPUID entries KVM can expose to a guest.
-func (s *System) SupportedCPUID() ([]gokvm.CPUIDEntry2, error) {
-	c := &gokvm.CPUID{Nent: 256, Entries: make([]gokvm.CPUIDEntry2, 256)}
-	if err := gokvm.GetSupportedCPUID(s.f.Fd(), c); err != nil {
+func (s *System) SupportedCPUID() ([]CPUIDEntry, error) {
+	buf := make([]byte, 8+maxCPUIDEntries*sizeofCPUIDEntry)
+	putU32(buf, 0, maxCPUIDEntries) // nent
+	if _, err := ioctlPtr(s.fd(), ioctlGetSupportedCID, unsafe.Pointer(&buf[0])); err != nil {
 		return nil, fmt.Errorf("KVM_GET_SUPPORTED_CPUID: %w", err)
 	}
-	return c.Entries[:c.Nent], nil
+	n := getU32(buf, 0)
+	if n > maxCPUIDEntries {
+		return nil, fmt.Errorf("KVM_GET_SUPPORTED_CPUID: %d entries, at most %d expected", n, maxCPUIDEntries)
+	}
+	out := make([]CPUIDEntry, n)
+	for i := range out {
+		o := 8 + i*sizeofCPUIDEntry
+		out[i] = CPUIDEntry{
+			Function: getU32(buf, o), Index: getU32(buf, o+4), Flags: getU32(buf, o+8),
+			EAX: getU32(buf, o+12), EBX: getU32(buf, o+16), ECX: getU32(buf, o+20), EDX: getU32(buf, o+24),
+		}
+	}
+	return out, nil
 }
 
 // VM is one KVM virtual machine.
@@ -120,7 +136,7 @@ type VM struct {
 
 // CreateVM creates a VM.
 func (s *System) CreateVM() (*VM, error) {
-	fd, err := gokvm.CreateVM(s.f.Fd())
+	fd, err := gokvm.CreateVM(s.fd())
 	if err != nil {
 		return nil, fmt.Errorf("KVM_CREATE_VM: %w", err)
 	}
@@ -133,10 +149,11 @@ func (v *VM) Close() error { return v.f.Close() }
 
 func (v *VM) fd() uintptr { return v.f.Fd() }
 
-// SetMemory maps size bytes at host address hva into the guest at gpa.
+// SetMemory maps size bytes at host address hva into the guest at gpa. The
+// caller guarantees that [hva, hva+size) is a mapping that outlives the VM.
 func (v *VM) SetMemory(slot uint32, gpa, size uint64, hva uintptr) error {
-	r := &gokvm.UserspaceMemoryRegion{Slot: slot, GuestPhysAddr: gpa, MemorySize: size, UserspaceAddr: uint64(hva)}
-	if err := gokvm.SetUserMemoryRegion(v.fd(), r); err != nil {
+	r := userMemoryRegion{Slot: slot, GuestPhysAddr: gpa, MemorySize: size, UserspaceAddr: uint64(hva)}
+	if _, err := ioctlPtr(v.fd(), ioctlSetUserMemory, unsafe.Pointer(&r)); err != nil {
 		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION slot %d at %#x: %w", slot, gpa, err)
 	}
 	return nil
@@ -154,7 +171,8 @@ func (v *VM) SetupX86(tssAddr uint32) error {
 	if err := gokvm.CreateIRQChip(v.fd()); err != nil {
 		return fmt.Errorf("KVM_CREATE_IRQCHIP: %w", err)
 	}
-	if err := gokvm.CreatePIT2(v.fd()); err != nil {
+	pit := pitConfig{}
+	if _, err := ioctlPtr(v.fd(), ioctlCreatePIT2, unsafe.Pointer(&pit)); err != nil {
 		return fmt.Errorf("KVM_CREATE_PIT2: %w", err)
 	}
 	return nil
@@ -162,43 +180,141 @@ func (v *VM) SetupX86(tssAddr uint32) error {
 
 // IRQLine sets the level of an interrupt line (GSI).
 func (v *VM) IRQLine(gsi uint32, level bool) error {
-	l := uint32(0)
+	l := irqLevel{IRQ: gsi}
 	if level {
-		l = 1
+		l.Level = 1
 	}
-	return gokvm.IRQLineStatus(v.fd(), gsi, l)
+	if _, err := ioctlPtr(v.fd(), ioctlIRQLine, unsafe.Pointer(&l)); err != nil {
+		return fmt.Errorf("KVM_IRQ_LINE gsi %d: %w", gsi, err)
+	}
+	return nil
 }
 
-// IRQFD makes a write to eventfd efd inject an edge on gsi without an exit
-// to userspace (KVM_IRQFD).
-func (v *VM) IRQFD(efd int, gsi uint32) error {
-	var b [32]byte
-	binary.LittleEndian.PutUint32(b[0:], uint32(efd))
-	binary.LittleEndian.PutUint32(b[4:], gsi)
-	if _, err := ioctl(int(v.fd()), ioctlIRQFD, uintptr(unsafe.Pointer(&b[0]))); err != nil {
+// Flags of struct kvm_irqfd and struct kvm_ioeventfd.
+const (
+	irqfdDeassign      = 1 << 0
+	irqfdResample      = 1 << 1
+	ioeventfdDataMatch = 1 << 0
+	ioeventfdPIO       = 1 << 1
+	ioeventfdDeassign  = 1 << 2
+)
+
+// IRQFD makes a write to eventfd efd raise gsi without an exit to userspace
+// (KVM_IRQFD). With resample >= 0 the line is level-triggered: KVM holds it
+// asserted until the guest acknowledges it (EOI), then lowers it and signals
+// resample, so the device can raise it again if it still needs service.
+func (v *VM) IRQFD(efd int, gsi uint32, resample int) error {
+	a := irqfd{FD: uint32(efd), GSI: gsi}
+	if resample >= 0 {
+		a.Flags, a.ResampleFD = irqfdResample, uint32(resample)
+	}
+	if _, err := ioctlPtr(v.fd(), ioctlIRQFD, unsafe.Pointer(&a)); err != nil {
 		return fmt.Errorf("KVM_IRQFD gsi %d: %w", gsi, err)
 	}
 	return nil
 }
 
-// IOEventFD makes a guest write of length size to addr signal efd instead of
-// exiting to userspace (KVM_IOEVENTFD). pio selects port I/O over MMIO.
-func (v *VM) IOEventFD(efd int, addr uint64, size uint32, pio bool) error {
-	var b [64]byte
-	binary.LittleEndian.PutUint64(b[8:], addr)
-	binary.LittleEndian.PutUint32(b[16:], size)
-	binary.LittleEndian.PutUint32(b[20:], uint32(efd))
-	var flags uint32
-	if pio {
-		flags |= 1 << 1 // KVM_IOEVENTFD_FLAG_PIO
-	}
-	binary.LittleEndian.PutUint32(b[24:], flags)
-	if _, err := ioctl(int(v.fd()), ioctlIOEventFD, uintptr(unsafe.Pointer(&b[0]))); err != nil {
-		return fmt.Errorf("KVM_IOEVENTFD %#x: %w", addr, err)
+// RemoveIRQFD detaches efd from gsi.
+func (v *VM) RemoveIRQFD(efd int, gsi uint32) error {
+	a := irqfd{FD: uint32(efd), GSI: gsi, Flags: irqfdDeassign}
+	if _, err := ioctlPtr(v.fd(), ioctlIRQFD, unsafe.Pointer(&a)); err != nil {
+		return fmt.Errorf("KVM_IRQFD deassign gsi %d: %w", gsi, err)
 	}
 	return nil
 }
 
-// hostAddr is the address KVM maps for a slice backed by an mmap (never
-// the Go heap, which may move).
-func hostAddr(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
+// IOEvent describes guest writes that signal an eventfd instead of exiting
+// to userspace (KVM_IOEVENTFD).
+type IOEvent struct {
+	Addr uint64
+	// Len is the access width (1, 2, 4 or 8); 0 matches writes of any width
+	// (MMIO only, and never with Match).
+	Len uint32
+	// PIO selects the port-I/O space instead of MMIO.
+	PIO bool
+	// Match makes only writes of Data signal (a virtio queue index, say).
+	Match bool
+	Data  uint64
+}
+
+func (e IOEvent) encode(efd int, deassign bool) (ioeventfd, error) {
+	a := ioeventfd{Addr: e.Addr, Len: e.Len, FD: int32(efd), DataMatch: e.Data}
+	switch e.Len {
+	case 1, 2, 4, 8:
+	case 0:
+		if e.PIO || e.Match {
+			return a, fmt.Errorf("KVM_IOEVENTFD %#x: a zero length needs MMIO without datamatch", e.Addr)
+		}
+	default:
+		return a, fmt.Errorf("KVM_IOEVENTFD %#x: length %d (want 0, 1, 2, 4 or 8)", e.Addr, e.Len)
+	}
+	if e.Addr+uint64(e.Len) < e.Addr {
+		return a, fmt.Errorf("KVM_IOEVENTFD %#x+%d wraps around", e.Addr, e.Len)
+	}
+	if e.PIO {
+		a.Flags |= ioeventfdPIO
+	}
+	if e.Match {
+		a.Flags |= ioeventfdDataMatch
+	}
+	if deassign {
+		a.Flags |= ioeventfdDeassign
+	}
+	return a, nil
+}
+
+// AddIOEvent makes guest writes described by e signal efd.
+func (v *VM) AddIOEvent(efd int, e IOEvent) error {
+	a, err := e.encode(efd, false)
+	if err != nil {
+		return err
+	}
+	if _, err := ioctlPtr(v.fd(), ioctlIOEventFD, unsafe.Pointer(&a)); err != nil {
+		return fmt.Errorf("KVM_IOEVENTFD %#x: %w", e.Addr, err)
+	}
+	return nil
+}
+
+// RemoveIOEvent undoes AddIOEvent with the same arguments.
+func (v *VM) RemoveIOEvent(efd int, e IOEvent) error {
+	a, err := e.encode(efd, true)
+	if err != nil {
+		return err
+	}
+	if _, err := ioctlPtr(v.fd(), ioctlIOEventFD, unsafe.Pointer(&a)); err != nil {
+		return fmt.Errorf("KVM_IOEVENTFD deassign %#x: %w", e.Addr, err)
+	}
+	return nil
+}
+
+// HostAddr is the address of b's first byte, for SetMemory. b must be
+// backed by an mmap, never by the Go heap (whose objects the collector
+// may free once only a uintptr refers to them).
+func HostAddr(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
+
+// HardwareBacked reports whether the CPU offers hardware virtualization
+// (VMX or SVM). A /dev/kvm without it, such as a paravirtual KVM (PVM),
+// opens and even creates VMs but cannot run a stock kernel. When
+// /proc/cpuinfo cannot be read, KVM gets the benefit of the doubt.
+func HardwareBacked() bool {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return true
+	}
+	return hasVirtFlag(b)
+}
+
+func hasVirtFlag(cpuinfo []byte) bool {
+	for _, line := range bytes.Split(cpuinfo, []byte("\n")) {
+		if !bytes.HasPrefix(line, []byte("flags")) {
+			continue
+		}
+		for _, f := range bytes.Fields(line) {
+			if bytes.Equal(f, []byte("vmx")) || bytes.Equal(f, []byte("svm")) {
+				return true
+			}
+		}
+		return false
+	}
+	return false
+}

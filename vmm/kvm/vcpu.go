@@ -24,53 +24,88 @@ const (
 	ExitShutdown      = 8
 	ExitFailEntry     = 9
 	ExitIntr          = 10
+	ExitNMI           = 16
 	ExitInternalError = 17
 	ExitSystemEvent   = 24
+	ExitIOAPICEOI     = 26
+	ExitX86RDMSR      = 29
+	ExitX86WRMSR      = 30
+	ExitX86BusLock    = 33
+	ExitNotify        = 37
+	ExitMemoryFault   = 39
 )
+
+var exitNames = map[uint32]string{
+	ExitUnknown: "unknown", ExitException: "exception", ExitIO: "io", ExitHypercall: "hypercall",
+	ExitDebug: "debug", ExitHLT: "hlt", ExitMMIO: "mmio", ExitIRQWindowOpen: "irq-window",
+	ExitShutdown: "shutdown", ExitFailEntry: "fail-entry", ExitIntr: "intr", ExitNMI: "nmi",
+	ExitInternalError: "internal-error", ExitSystemEvent: "system-event", ExitIOAPICEOI: "ioapic-eoi",
+	ExitX86RDMSR: "rdmsr", ExitX86WRMSR: "wrmsr", ExitX86BusLock: "bus-lock", ExitNotify: "notify",
+	ExitMemoryFault: "memory-fault",
+}
 
 // ExitName returns a readable name for an exit reason.
 func ExitName(r uint32) string {
-	switch r {
-	case ExitUnknown:
-		return "unknown"
-	case ExitException:
-		return "exception"
-	case ExitIO:
-		return "io"
-	case ExitHypercall:
-		return "hypercall"
-	case ExitDebug:
-		return "debug"
-	case ExitHLT:
-		return "hlt"
-	case ExitMMIO:
-		return "mmio"
-	case ExitIRQWindowOpen:
-		return "irq-window"
-	case ExitShutdown:
-		return "shutdown"
-	case ExitFailEntry:
-		return "fail-entry"
-	case ExitIntr:
-		return "intr"
-	case ExitInternalError:
-		return "internal-error"
-	case ExitSystemEvent:
-		return "system-event"
+	if n, ok := exitNames[r]; ok {
+		return n
 	}
 	return fmt.Sprintf("exit-%d", r)
 }
 
 // Offsets into struct kvm_run (include/uapi/linux/kvm.h). The run area is
 // read with encoding/binary through a byte slice, never through a Go struct
-// laid over the mapping.
+// laid over the mapping; TestUAPILayouts pins every offset.
 const (
 	runImmediateExit = 1
 	runExitReason    = 8
 	runExitData      = 32 // start of the exit union
+
+	// union member io
+	runIODirection  = 32
+	runIOSize       = 33
+	runIOPort       = 34
+	runIOCount      = 36
+	runIODataOffset = 40
+	// union member mmio
+	runMMIOPhysAddr = 32
+	runMMIOData     = 40
+	runMMIOLen      = 48
+	runMMIOIsWrite  = 52
+	// union member system_event
+	runSystemEventType  = 32
+	runSystemEventNData = 36
+	runSystemEventData  = 40
+	// union members fail_entry and internal
+	runFailEntryReason  = 32
+	runInternalSuberror = 32
+
+	runMinSize = 4096
+
+	ioDirectionOut = 1
 )
 
-// VCPU is one virtual CPU and its shared run area.
+// System event types (KVM_SYSTEM_EVENT_*).
+const (
+	SystemEventShutdown = 1
+	SystemEventReset    = 2
+	SystemEventCrash    = 3
+	SystemEventWakeup   = 4
+	SystemEventSuspend  = 5
+	SystemEventSEVTerm  = 6
+)
+
+// MP states (KVM_MP_STATE_*, x86 subset).
+const (
+	MPStateRunnable      = uint32(gokvm.MPStateRunnable)
+	MPStateUninitialized = uint32(gokvm.MPStateUninitialized)
+	MPStateInitReceived  = uint32(gokvm.MPStateInitReceived)
+	MPStateHalted        = uint32(gokvm.MPStateHalted)
+	MPStateSIPIReceived  = uint32(gokvm.MPStateSipiReceived)
+)
+
+// VCPU is one virtual CPU and its shared run area. Run, the exit decoders
+// and the register calls belong to the vCPU's own thread; SetImmediateExit
+// may be called from anywhere until Close.
 type VCPU struct {
 	ID  int
 	f   *os.File
@@ -93,13 +128,19 @@ func (v *VM) CreateVCPU(id int) (*VCPU, error) {
 	return &VCPU{ID: id, f: f, run: run}, nil
 }
 
-// Close unmaps the run area and closes the vCPU. Safe to call twice.
+// Close unmaps the run area and closes the vCPU. Safe to call twice; the
+// caller makes sure no thread uses the vCPU any more.
 func (c *VCPU) Close() error {
+	var err error
 	if c.run != nil {
-		_ = unix.Munmap(c.run)
+		err = unix.Munmap(c.run)
 		c.run = nil
 	}
-	return c.f.Close()
+	if c.f != nil {
+		err = errors.Join(err, c.f.Close())
+		c.f = nil
+	}
+	return err
 }
 
 func (c *VCPU) fd() uintptr { return c.f.Fd() }
@@ -107,7 +148,7 @@ func (c *VCPU) fd() uintptr { return c.f.Fd() }
 // Run enters the guest until the next exit. It returns ErrInterrupted when
 // a signal or immediate_exit stopped it; every other error is returned as is.
 func (c *VCPU) Run() error {
-	_, err := ioctl(int(c.fd()), ioctlRun, 0)
+	_, err := ioctl(c.fd(), ioctlRun, 0)
 	if err == nil {
 		return nil
 	}
@@ -140,22 +181,27 @@ type IO struct {
 	Data  []byte
 }
 
-// IO decodes the current port I/O exit. A data offset or length outside the
-// run area (which only a broken kernel could produce) is an error.
+// IO decodes the current port I/O exit. A size other than 1, 2 or 4, or
+// data outside the run area (which only a broken kernel could produce), is
+// an error.
 func (c *VCPU) IO() (IO, error) {
-	d := c.run[runExitData:]
+	return decodeIO(c.run, c.ID)
+}
+
+func decodeIO(run []byte, id int) (IO, error) {
+	le := binary.LittleEndian
 	io := IO{
-		Out:   d[0] == 1,
-		Size:  int(d[1]),
-		Port:  binary.LittleEndian.Uint16(d[2:]),
-		Count: int(binary.LittleEndian.Uint32(d[4:])),
+		Out:   run[runIODirection] == ioDirectionOut,
+		Size:  int(run[runIOSize]),
+		Port:  le.Uint16(run[runIOPort:]),
+		Count: int(le.Uint32(run[runIOCount:])),
 	}
-	off := binary.LittleEndian.Uint64(d[8:])
+	off := le.Uint64(run[runIODataOffset:])
 	n := uint64(io.Size) * uint64(io.Count)
-	if io.Size == 0 || off > uint64(len(c.run)) || n > uint64(len(c.run))-off {
-		return io, fmt.Errorf("vcpu %d: io exit data out of run area (offset %d, %d bytes)", c.ID, off, n)
+	if (io.Size != 1 && io.Size != 2 && io.Size != 4) || off > uint64(len(run)) || n > uint64(len(run))-off {
+		return io, fmt.Errorf("vcpu %d: bad io exit (size %d, count %d, data at %d of %d)", id, io.Size, io.Count, off, len(run))
 	}
-	io.Data = c.run[off : off+n]
+	io.Data = run[off : off+n]
 	return io, nil
 }
 
@@ -167,71 +213,122 @@ type MMIO struct {
 }
 
 // MMIO decodes the current MMIO exit.
-func (c *VCPU) MMIO() MMIO {
-	d := c.run[runExitData:]
-	n := binary.LittleEndian.Uint32(d[16:])
-	if n > 8 {
-		n = 8
-	}
-	return MMIO{Addr: binary.LittleEndian.Uint64(d[0:]), Data: d[8 : 8+n], Write: d[20] != 0}
+func (c *VCPU) MMIO() (MMIO, error) {
+	return decodeMMIO(c.run, c.ID)
 }
 
-// ExitDetail returns the raw words of the exit union, for error messages
-// (fail_entry reason, internal error suberror, system event type).
-func (c *VCPU) ExitDetail() [4]uint64 {
-	d := c.run[runExitData:]
-	var w [4]uint64
-	for i := range w {
-		w[i] = binary.LittleEndian.Uint64(d[i*8:])
+func decodeMMIO(run []byte, id int) (MMIO, error) {
+	n := binary.LittleEndian.Uint32(run[runMMIOLen:])
+	if n == 0 || n > 8 {
+		return MMIO{}, fmt.Errorf("vcpu %d: bad mmio exit length %d", id, n)
 	}
-	return w
+	return MMIO{
+		Addr:  binary.LittleEndian.Uint64(run[runMMIOPhysAddr:]),
+		Data:  run[runMMIOData : runMMIOData+n],
+		Write: run[runMMIOIsWrite] != 0,
+	}, nil
 }
 
-// Regs and Sregs are KVM's register sets.
-type (
-	Regs    = gokvm.Regs
-	Sregs   = gokvm.Sregs
-	Segment = gokvm.Segment
-)
+// SystemEvent is a KVM_EXIT_SYSTEM_EVENT: the guest asked for a shutdown,
+// reset or reported a crash (through PSCI, Hyper-V or SEV).
+type SystemEvent struct {
+	Type uint32
+	Data []uint64
+}
+
+// SystemEvent decodes the current system-event exit.
+func (c *VCPU) SystemEvent() SystemEvent { return decodeSystemEvent(c.run) }
+
+func decodeSystemEvent(run []byte) SystemEvent {
+	le := binary.LittleEndian
+	e := SystemEvent{Type: le.Uint32(run[runSystemEventType:])}
+	n := min(le.Uint32(run[runSystemEventNData:]), 16)
+	for i := uint32(0); i < n; i++ {
+		e.Data = append(e.Data, le.Uint64(run[runSystemEventData+8*int(i):]))
+	}
+	return e
+}
+
+// FailEntryReason is the hardware reason of a KVM_EXIT_FAIL_ENTRY.
+func (c *VCPU) FailEntryReason() uint64 {
+	return binary.LittleEndian.Uint64(c.run[runFailEntryReason:])
+}
+
+// InternalSuberror is the suberror of a KVM_EXIT_INTERNAL_ERROR.
+func (c *VCPU) InternalSuberror() uint32 {
+	return binary.LittleEndian.Uint32(c.run[runInternalSuberror:])
+}
 
 // GetRegs reads the general-purpose registers.
-func (c *VCPU) GetRegs() (*Regs, error) { return gokvm.GetRegs(c.fd()) }
+func (c *VCPU) GetRegs() (*Regs, error) {
+	r := new(Regs)
+	if _, err := ioctlPtr(c.fd(), ioctlGetRegs, unsafe.Pointer(r)); err != nil {
+		return nil, fmt.Errorf("KVM_GET_REGS: %w", err)
+	}
+	return r, nil
+}
 
 // SetRegs writes the general-purpose registers.
-func (c *VCPU) SetRegs(r *Regs) error { return gokvm.SetRegs(c.fd(), r) }
+func (c *VCPU) SetRegs(r *Regs) error {
+	if _, err := ioctlPtr(c.fd(), ioctlSetRegs, unsafe.Pointer(r)); err != nil {
+		return fmt.Errorf("KVM_SET_REGS: %w", err)
+	}
+	return nil
+}
 
 // GetSregs reads the special registers.
-func (c *VCPU) GetSregs() (*Sregs, error) { return gokvm.GetSregs(c.fd()) }
+func (c *VCPU) GetSregs() (*Sregs, error) {
+	s := new(Sregs)
+	if _, err := ioctlPtr(c.fd(), ioctlGetSregs, unsafe.Pointer(s)); err != nil {
+		return nil, fmt.Errorf("KVM_GET_SREGS: %w", err)
+	}
+	return s, nil
+}
 
 // SetSregs writes the special registers.
-func (c *VCPU) SetSregs(s *Sregs) error { return gokvm.SetSregs(c.fd(), s) }
-
-// CPUIDEntry is one KVM CPUID entry.
-type CPUIDEntry = gokvm.CPUIDEntry2
+func (c *VCPU) SetSregs(s *Sregs) error {
+	if _, err := ioctlPtr(c.fd(), ioctlSetSregs, unsafe.Pointer(s)); err != nil {
+		return fmt.Errorf("KVM_SET_SREGS: %w", err)
+	}
+	return nil
+}
 
 // SetCPUID sets the vCPU's CPUID table.
 func (c *VCPU) SetCPUID(entries []CPUIDEntry) error {
-	t := &gokvm.CPUID{Nent: uint32(len(entries)), Entries: entries}
-	if err := gokvm.SetCPUID2(c.fd(), t); err != nil {
+	buf := make([]byte, 8+len(entries)*sizeofCPUIDEntry)
+	putU32(buf, 0, uint32(len(entries)))
+	for i, e := range entries {
+		o := 8 + i*sizeofCPUIDEntry
+		for j, v := range []uint32{e.Function, e.Index, e.Flags, e.EAX, e.EBX, e.ECX, e.EDX} {
+			putU32(buf, o+4*j, v)
+		}
+	}
+	if _, err := ioctlPtr(c.fd(), ioctlSetCPUID2, unsafe.Pointer(&buf[0])); err != nil {
 		return fmt.Errorf("KVM_SET_CPUID2: %w", err)
 	}
 	return nil
 }
 
-// MSR is an index/value pair.
-type MSR struct {
-	Index uint32
-	Value uint64
-}
-
-// SetMSRs writes model-specific registers; all must be accepted.
+// SetMSRs writes model-specific registers. KVM_SET_MSRS stops at the first
+// MSR it refuses and returns how many it set: anything short of all is an
+// error naming the refused one.
 func (c *VCPU) SetMSRs(msrs []MSR) error {
-	m := &gokvm.MSRS{NMSRs: uint32(len(msrs))}
-	for _, e := range msrs {
-		m.Entries = append(m.Entries, gokvm.MSREntry{Index: e.Index, Data: e.Value})
+	if len(msrs) == 0 {
+		return nil
 	}
-	if err := gokvm.SetMSRs(c.fd(), m); err != nil {
+	buf := make([]byte, 8+len(msrs)*sizeofMSREntry)
+	putU32(buf, 0, uint32(len(msrs)))
+	for i, m := range msrs {
+		o := 8 + i*sizeofMSREntry
+		putU32(buf, o, m.Index)
+		binary.LittleEndian.PutUint64(buf[o+8:], m.Value)
+	}
+	n, err := ioctlPtr(c.fd(), ioctlSetMSRs, unsafe.Pointer(&buf[0]))
+	if err != nil {
 		return fmt.Errorf("KVM_SET_MSRS: %w", err)
+	}
+	if int(n) != len(msrs) {
+		return fmt.Errorf("KVM_SET_MSRS: only %d of %d set; MSR %#x refused", n, len(msrs), msrs[min(int(n), len(msrs)-1)].Index)
 	}
 	return nil
 }
@@ -239,20 +336,26 @@ func (c *VCPU) SetMSRs(msrs []MSR) error {
 // SetFPU initialises the x87/SSE state (FCW 0x37f, MXCSR 0x1f80, the
 // power-on values the kernel expects).
 func (c *VCPU) SetFPU() error {
-	var b [416]byte
-	binary.LittleEndian.PutUint16(b[128:], 0x37f)  // fcw
-	binary.LittleEndian.PutUint32(b[408:], 0x1f80) // mxcsr
-	if _, err := ioctl(int(c.fd()), ioctlSetFPU, uintptr(unsafe.Pointer(&b[0]))); err != nil {
+	f := fpu{FCW: 0x37f, MXCSR: 0x1f80}
+	if _, err := ioctlPtr(c.fd(), ioctlSetFPU, unsafe.Pointer(&f)); err != nil {
 		return fmt.Errorf("KVM_SET_FPU: %w", err)
 	}
 	return nil
 }
 
+// Local APIC register offsets (Intel SDM vol. 3 §11.4.1, Table 11-1).
+const (
+	lapicLVTLINT0 = 0x350
+	lapicLVTLINT1 = 0x360
+	lvtModeExtINT = 7
+	lvtModeNMI    = 4
+)
+
 // SetupLINT programs the local APIC's LINT0 as ExtINT and LINT1 as NMI, the
 // virtual-wire state firmware leaves behind (MP spec 1.4 §3.6.2.2).
 func (c *VCPU) SetupLINT() error {
-	var l gokvm.LAPICState
-	if err := gokvm.GetLocalAPIC(c.fd(), &l); err != nil {
+	l := new(lapicState)
+	if _, err := ioctlPtr(c.fd(), ioctlGetLAPIC, unsafe.Pointer(l)); err != nil {
 		return fmt.Errorf("KVM_GET_LAPIC: %w", err)
 	}
 	set := func(off int, mode uint32) {
@@ -260,10 +363,23 @@ func (c *VCPU) SetupLINT() error {
 		v = v&^(0x700|1<<16) | mode<<8
 		binary.LittleEndian.PutUint32(l.Regs[off:], v)
 	}
-	set(0x350, 7) // LVT LINT0: ExtINT
-	set(0x360, 4) // LVT LINT1: NMI
-	if err := gokvm.SetLocalAPIC(c.fd(), &l); err != nil {
+	set(lapicLVTLINT0, lvtModeExtINT)
+	set(lapicLVTLINT1, lvtModeNMI)
+	if _, err := ioctlPtr(c.fd(), ioctlSetLAPIC, unsafe.Pointer(l)); err != nil {
 		return fmt.Errorf("KVM_SET_LAPIC: %w", err)
 	}
 	return nil
 }
+
+// MPState returns the vCPU's multiprocessing state (MPState*). Called while
+// the vCPU is outside KVM_RUN, from its own thread.
+func (c *VCPU) MPState() (uint32, error) {
+	var s uint32
+	if _, err := ioctlPtr(c.fd(), ioctlGetMPState, unsafe.Pointer(&s)); err != nil {
+		return 0, fmt.Errorf("KVM_GET_MP_STATE: %w", err)
+	}
+	return s, nil
+}
+
+func putU32(b []byte, off int, v uint32) { binary.LittleEndian.PutUint32(b[off:], v) }
+func getU32(b []byte, off int) uint32    { return binary.LittleEndian.Uint32(b[off:]) }

@@ -3,16 +3,21 @@ package launch
 import "io"
 
 // NewEscapeReader returns r with QEMU's console escape: Ctrl-A x calls
-// quit and ends the input; Ctrl-A Ctrl-A sends one Ctrl-A.
-func NewEscapeReader(r io.Reader, quit func()) io.Reader { return &escapeReader{r: r, quit: quit} }
+// quit and ends the input; Ctrl-A Ctrl-A sends one Ctrl-A. Close closes r.
+func NewEscapeReader(r io.ReadCloser, quit func()) io.ReadCloser {
+	return &escapeReader{r: r, quit: quit}
+}
 
 // escapeReader passes terminal input through and ends the session on
 // Ctrl-A x, as QEMU does; Ctrl-A Ctrl-A sends one Ctrl-A.
 type escapeReader struct {
-	r       io.Reader
+	r       io.ReadCloser
 	quit    func()
 	pending bool
 }
+
+// Close closes the underlying reader.
+func (e *escapeReader) Close() error { return e.r.Close() }
 
 const ctrlA = 0x01
 

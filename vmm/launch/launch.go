@@ -1,6 +1,7 @@
 // Package launch turns a validated config into a running VM: it resolves
-// kernels and images through the cache, picks the accelerator, runs the
-// machine directly on KVM or inside a nested L1 guest, and reports.
+// kernels and images through the cache, checks that the machine can be
+// built, picks the accelerator, runs the machine directly on KVM or inside a
+// nested L1 guest, and reports.
 package launch
 
 import (
@@ -12,7 +13,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -23,15 +23,21 @@ import (
 	"github.com/ember-vmm/ember/images"
 	"github.com/ember-vmm/ember/vmm"
 	"github.com/ember-vmm/ember/vmm/nested"
+	"golang.org/x/sys/unix"
 )
 
 // Exit statuses of ember itself, chosen like timeout(1) and docker run so
 // scripts can tell them from a guest command's own status.
 const (
+	ExitStuck   = 122 // the nested L1 guest stopped responding and was killed
 	ExitPanic   = 123 // guest kernel panicked or crashed without a status
 	ExitTimeout = 124 // --timeout expired
 	ExitError   = 125 // ember failed: bad input, host error
+	ExitSignal  = 130 // ember was interrupted (SIGINT, SIGTERM, SIGHUP)
 )
+
+// OutcomeStuck is the outcome of a nested run whose L1 stopped responding.
+const OutcomeStuck vmm.Outcome = "l1-stuck"
 
 // Options are the inputs of Run.
 type Options struct {
@@ -42,9 +48,15 @@ type Options struct {
 	Interactive bool
 	KVMPath     string
 
-	// Stdin is the console input; on the kvm path ember reads Ctrl-A x
-	// from it, on the nested path the inner ember does.
-	Stdin          io.Reader
+	// Stdin is the console input of an interactive VM; on the kvm path
+	// ember reads Ctrl-A x from it, on the nested path the inner ember
+	// does. Run closes it when the VM ends and its Read must return then
+	// (as hostio.Input's does).
+	Stdin io.ReadCloser
+	// Terminal, when set, is the terminal the user sees the console on:
+	// the guest's shell gets its size at start and on every resize.
+	Terminal *os.File
+	// Stdout receives the guest console; Stderr ember's own notices.
 	Stdout, Stderr io.Writer
 	Log            *slog.Logger
 	Progress       io.Writer // human progress for long steps; nil = quiet
@@ -54,32 +66,51 @@ type Options struct {
 	InitBinary string
 	// Self is the ember executable, run inside L1 for --accel nested.
 	Self string
+	// NestedStall bounds how long a nested L1 may go without a heartbeat
+	// (0: nested.DefaultStall).
+	NestedStall time.Duration
 }
 
 // Report is what a run produced; it is also the --json output.
 type Report struct {
-	Accel       string            `json:"accel"`
-	Outcome     vmm.Outcome       `json:"outcome"`
-	ExitStatus  int               `json:"exit_status"`
-	GuestStatus *int              `json:"guest_status,omitempty"`
-	BootMS      float64           `json:"boot_ms"`
-	CommandMS   float64           `json:"command_start_ms,omitempty"`
-	WallMS      float64           `json:"wall_ms"`
-	Panic       string            `json:"panic,omitempty"`
-	Message     string            `json:"message,omitempty"`
-	Kernel      string            `json:"kernel"`
-	Initrd      string            `json:"initrd,omitempty"`
-	CPUs        int               `json:"cpus"`
-	MemoryMiB   uint64            `json:"memory_mib"`
-	Exits       map[string]uint64 `json:"exits,omitempty"`
-	Unclaimed   uint64            `json:"unclaimed_accesses,omitempty"`
-	L1BootMS    float64           `json:"l1_boot_ms,omitempty"`
+	Accel          string            `json:"accel"`
+	Outcome        vmm.Outcome       `json:"outcome"`
+	Reason         string            `json:"reason,omitempty"`
+	ExitStatus     int               `json:"exit_status"`
+	GuestStatus    *int              `json:"guest_status,omitempty"`
+	BootMS         float64           `json:"boot_ms"`
+	CommandMS      float64           `json:"command_start_ms,omitempty"`
+	WallMS         float64           `json:"wall_ms"`
+	Panic          string            `json:"panic,omitempty"`
+	Message        string            `json:"message,omitempty"`
+	Kernel         string            `json:"kernel"`
+	Initrd         string            `json:"initrd,omitempty"`
+	CPUs           int               `json:"cpus"`
+	MemoryMiB      uint64            `json:"memory_mib"`
+	Exits          map[string]uint64 `json:"exits,omitempty"`
+	Unclaimed      uint64            `json:"unclaimed_accesses,omitempty"`
+	ConsoleDropped uint64            `json:"console_dropped_bytes,omitempty"`
+	L1BootMS       float64           `json:"l1_boot_ms,omitempty"`
+}
+
+// Plan is a fully resolved VM: files instead of "debian:" names, the
+// command chosen. The nested path hands it to the ember inside L1 as data
+// (RunPlan), so both sides run the same machine.
+type Plan struct {
+	Kernel      string    `json:"kernel"`
+	Initrd      string    `json:"initrd,omitempty"`
+	Cmdline     string    `json:"cmdline,omitempty"`
+	CPUs        int       `json:"cpus"`
+	Memory      uint64    `json:"memory"`
+	Run         proto.Run `json:"run"`
+	Interactive bool      `json:"interactive,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // Run boots the VM described by o and waits for it to end. The error is
-// for failures before or around the run (bad files, no accelerator); guest
+// for failures before the VM runs (bad files, no accelerator); everything
+// Run refuses, it refuses before KVM is opened or an L1 guest boots. Guest
 // outcomes are in the Report, whose ExitStatus ember should exit with.
 func Run(ctx context.Context, o Options) (*Report, error) {
 	if o.Log == nil {
@@ -91,11 +122,26 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkKernel(kernel); err != nil {
+	p := &Plan{Kernel: kernel, Initrd: initrd, Cmdline: cfg.Boot.Cmdline, CPUs: cfg.Machine.CPUs,
+		Memory: uint64(cfg.Machine.Memory), Run: proto.Run{Env: cfg.Run.Env}, Interactive: o.Interactive}
+	switch {
+	case len(o.Command) > 0:
+		p.Run.Args = o.Command
+	case !o.Interactive:
+		p.Run.Args = cfg.Run.Command
+	}
+	if p.Interactive && o.Terminal != nil {
+		if ws, err := unix.IoctlGetWinsize(int(o.Terminal.Fd()), unix.TIOCGWINSZ); err == nil && ws.Row > 0 && ws.Col > 0 {
+			p.Run.Winsize = &proto.Winsize{Rows: ws.Row, Cols: ws.Col}
+		}
+	}
+	k, extra, err := p.check()
+	if err != nil {
 		return nil, err
 	}
 	accel, err := pickAccel(cfg.Machine.Accel, o)
 	if err != nil {
+		k.Close()
 		return nil, err
 	}
 	if t := time.Duration(cfg.Run.Timeout); t > 0 {
@@ -103,17 +149,67 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		ctx, cancel = context.WithTimeout(ctx, t)
 		defer cancel()
 	}
-	run := proto.Run{Env: cfg.Run.Env}
-	switch {
-	case len(o.Command) > 0:
-		run.Args = o.Command
-	case !o.Interactive:
-		run.Args = cfg.Run.Command
+	in := o.input(p)
+	if in != nil {
+		defer in.Close()
+		if o.Terminal != nil {
+			stop := watchResize(o.Terminal, in)
+			defer stop()
+		}
 	}
 	if accel == AccelNested {
-		return runNested(ctx, cache, o, kernel, initrd, run)
+		k.Close()
+		return runNested(ctx, cache, o, p, in)
 	}
-	return runKVM(ctx, o, kernel, initrd, run)
+	defer k.Close()
+	return runKVM(ctx, o, p, k, extra, in)
+}
+
+// input is the console input of an interactive plan, or nil.
+func (o Options) input(p *Plan) *consoleInput {
+	if !p.Interactive || o.Stdin == nil {
+		return nil
+	}
+	return newConsoleInput(o.Stdin)
+}
+
+// RunPlan runs a resolved plan on KVM: the ember inside a nested L1 guest.
+func RunPlan(ctx context.Context, p *Plan, o Options) (*Report, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	k, extra, err := p.check()
+	if err != nil {
+		return nil, err
+	}
+	defer k.Close()
+	in := o.input(p)
+	if in != nil {
+		defer in.Close()
+	}
+	return runKVM(ctx, o, p, k, extra, in)
+}
+
+// check opens the kernel once and checks the whole machine without KVM:
+// the kernel's headers, that kernel, initrd and command line fit in RAM.
+func (p *Plan) check() (*boot.Kernel, []byte, error) {
+	extra, err := images.RunArchive(p.Run)
+	if err != nil {
+		return nil, nil, err
+	}
+	k, err := boot.OpenKernel(p.Kernel)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := vmm.Check(p.vmmConfig(k, extra)); err != nil {
+		k.Close()
+		return nil, nil, err
+	}
+	return k, extra, nil
+}
+
+func (p *Plan) vmmConfig(k *boot.Kernel, extra []byte) vmm.Config {
+	return vmm.Config{Kernel: k, Initrd: p.Initrd, Extra: extra, Cmdline: p.Cmdline, CPUs: p.CPUs, Memory: p.Memory}
 }
 
 func pickAccel(want string, o Options) (string, error) {
@@ -174,19 +270,6 @@ func resolveBoot(ctx context.Context, cache *images.Cache, cfg *configs.VM, o Op
 	return kernel, initrd, nil
 }
 
-// checkKernel refuses a file that is not a usable kernel before any VM or
-// L1 guest exists.
-func checkKernel(path string) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("kernel: %w", err)
-	}
-	if _, err := boot.Detect(b); err != nil {
-		return fmt.Errorf("kernel %s: %w", path, err)
-	}
-	return nil
-}
-
 // InitBinary returns the guest init to put into images: path if given,
 // else ember-init beside the running executable.
 func InitBinary(path string) (string, error) {
@@ -204,25 +287,18 @@ func InitBinary(path string) (string, error) {
 	return p, nil
 }
 
-func runKVM(ctx context.Context, o Options, kernel, initrd string, run proto.Run) (*Report, error) {
-	extra, err := images.RunArchive(run)
-	if err != nil {
-		return nil, err
-	}
-	cfg := o.Config
+func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byte, in *consoleInput) (*Report, error) {
 	var input io.Reader
 	var quit atomic.Bool
-	if o.Interactive {
+	if in != nil {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithCancel(ctx)
 		defer cancel()
-		input = NewEscapeReader(o.Stdin, func() { quit.Store(true); cancel() })
+		input = NewEscapeReader(in, func() { quit.Store(true); cancel() })
 	}
-	m, err := vmm.New(vmm.Config{
-		Kernel: kernel, Initrd: initrd, Extra: extra, Cmdline: cfg.Boot.Cmdline,
-		CPUs: cfg.Machine.CPUs, Memory: uint64(cfg.Machine.Memory), KVMPath: o.KVMPath,
-		Console: o.Stdout, Input: input, Log: o.Log,
-	})
+	cfg := p.vmmConfig(k, extra)
+	cfg.Console, cfg.Input, cfg.KVMPath, cfg.Log = o.Stdout, input, o.KVMPath, o.Log
+	m, err := vmm.New(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -232,21 +308,21 @@ func runKVM(ctx context.Context, o Options, kernel, initrd string, run proto.Run
 		return nil, err
 	}
 	rep := &Report{
-		Accel: AccelKVM, Outcome: res.Outcome, BootMS: ms(res.BootTime), CommandMS: ms(res.CommandStart),
-		WallMS: ms(res.Wall), Panic: res.Panic, Kernel: kernel, Initrd: initrd,
-		CPUs: cfg.Machine.CPUs, MemoryMiB: uint64(cfg.Machine.Memory) >> 20, Exits: res.Exits,
-		Unclaimed: res.Unclaimed,
+		Accel: AccelKVM, Outcome: res.Outcome, Reason: res.Reason, BootMS: ms(res.BootTime), CommandMS: ms(res.CommandStart),
+		WallMS: ms(res.Wall), Panic: res.Panic, Kernel: p.Kernel, Initrd: p.Initrd,
+		CPUs: p.CPUs, MemoryMiB: p.Memory >> 20, Exits: res.Exits,
+		Unclaimed: res.Unclaimed, ConsoleDropped: res.ConsoleDropped,
 	}
-	finish(rep, res, time.Duration(cfg.Run.Timeout))
+	finish(rep, res)
 	if res.Outcome == vmm.OutcomeCanceled && quit.Load() {
 		// Ctrl-A x: the user ended the session, as with QEMU.
 		rep.ExitStatus, rep.Message = 0, ""
 	}
-	return rep, err
+	return rep, nil
 }
 
 // finish sets the exit status and a message for the outcome.
-func finish(rep *Report, res *vmm.Result, timeout time.Duration) {
+func finish(rep *Report, res *vmm.Result) {
 	switch res.Outcome {
 	case vmm.OutcomeExited:
 		s := res.Status
@@ -255,29 +331,44 @@ func finish(rep *Report, res *vmm.Result, timeout time.Duration) {
 	case vmm.OutcomeInitFailed:
 		rep.ExitStatus = proto.StatusInitFailed
 		rep.Message = "the guest init could not run the command"
-	case vmm.OutcomePowerOff, vmm.OutcomeReset, vmm.OutcomeCanceled:
+	case vmm.OutcomePowerOff, vmm.OutcomeReset:
 		rep.ExitStatus = 0
-		if res.Outcome == vmm.OutcomeCanceled {
-			rep.ExitStatus = 130
-			rep.Message = "canceled"
-		}
+	case vmm.OutcomeCanceled:
+		rep.ExitStatus = ExitSignal
+		rep.Message = "canceled"
 	case vmm.OutcomePanic:
 		rep.ExitStatus = ExitPanic
-		rep.Message = "guest kernel panic: " + res.Panic
+		if res.Panic != "" {
+			rep.Message = "guest kernel panic: " + res.Panic
+		} else {
+			rep.Message = res.Reason
+		}
 	case vmm.OutcomeTimeout:
 		rep.ExitStatus = ExitTimeout
-		rep.Message = fmt.Sprintf("timeout: the guest was still running after %s and was stopped", timeout)
+		rep.Message = "timeout: the guest was still running and was stopped"
 	default:
 		rep.ExitStatus = ExitError
 		if res.Err != nil {
 			rep.Message = res.Err.Error()
 		}
 	}
+	if res.ConsoleDropped > 0 {
+		note := fmt.Sprintf("%d bytes of guest console output were dropped: the reader of ember's output did not keep up", res.ConsoleDropped)
+		if rep.Message != "" {
+			rep.Message += "; " + note
+		} else {
+			rep.Message = note
+		}
+	}
 }
 
+// planFile is the name of the plan in the nested IO share.
+const planFile = "plan.json"
+
 // runNested runs ember itself inside an L1 guest under QEMU/TCG, where
-// kvm-amd gives a real /dev/kvm, and reports what the inner ember reported.
-func runNested(ctx context.Context, cache *images.Cache, o Options, kernel, initrd string, run proto.Run) (*Report, error) {
+// kvm-amd gives a real /dev/kvm, hands it the plan, and reports what it
+// reported.
+func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in *consoleInput) (*Report, error) {
 	l1k, err := images.ResolveKernel(ctx, cache, "debian:amd64")
 	if err != nil {
 		return nil, fmt.Errorf("nested L1 kernel: %w", err)
@@ -296,41 +387,41 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, kernel, init
 			return nil, err
 		}
 	}
-	cfg := o.Config
-	args := []string{self, "run", "--accel", "kvm",
-		"--kernel", kernel, "--initrd", orNone(initrd),
-		"--cmdline", cfg.Boot.Cmdline,
-		"--cpus", strconv.Itoa(cfg.Machine.CPUs),
-		"--memory", strconv.FormatUint(uint64(cfg.Machine.Memory), 10),
-		"--interactive=" + strconv.FormatBool(o.Interactive && len(run.Args) == 0),
+	plan, err := json.Marshal(p)
+	if err != nil {
+		return nil, err
+	}
+	args := []string{self, "run-plan", filepath.Join(proto.IOMount, planFile),
 		"--result-file", filepath.Join(proto.IOMount, proto.ResultFile),
 		"--log-level", levelName(o.Log),
 	}
-	for _, e := range run.Env {
-		args = append(args, "--env", e)
-	}
-	if len(run.Args) > 0 {
-		args = append(args, "--")
-		args = append(args, run.Args...)
-	}
 	dir, _ := os.Getwd()
-	memMiB := int(uint64(cfg.Machine.Memory)>>20) + 768
-	if memMiB < 1536 {
-		memMiB = 1536
-	}
 	start := time.Now()
+	base := &Report{Accel: AccelNested, Kernel: p.Kernel, Initrd: p.Initrd, CPUs: p.CPUs, MemoryMiB: p.Memory >> 20}
+	var stdin io.Reader
+	if in != nil {
+		stdin = in
+	}
 	res, err := nested.Run(ctx, nested.Options{
 		Kernel: l1k.Path, Initrd: l1i, Args: args, Dir: dir,
-		CPUs: 2, MemoryMiB: memMiB,
-		Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr, Log: o.Log,
+		CPUs: L1CPUs, MemoryMiB: L1MemoryMiB(p.Memory),
+		Stdin: stdin, Stdout: o.Stdout, Stderr: o.Stderr, Log: o.Log,
+		IOFiles: map[string][]byte{planFile: plan}, Stall: o.NestedStall,
 	})
-	if err != nil {
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return &Report{Accel: AccelNested, Outcome: vmm.OutcomeTimeout, ExitStatus: ExitTimeout,
-				Message: fmt.Sprintf("timeout: the guest was still running after %s and was stopped", time.Duration(cfg.Run.Timeout)),
-				Kernel:  kernel, Initrd: initrd, CPUs: cfg.Machine.CPUs, MemoryMiB: uint64(cfg.Machine.Memory) >> 20,
-				WallMS: ms(time.Since(start))}, nil
-		}
+	base.WallMS = ms(time.Since(start))
+	switch {
+	case err == nil:
+	case errors.Is(err, nested.ErrL1Stuck):
+		base.Outcome, base.ExitStatus, base.Message = OutcomeStuck, ExitStuck, err.Error()
+		return base, nil
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		base.Outcome, base.ExitStatus = vmm.OutcomeTimeout, ExitTimeout
+		base.Message = "timeout: the guest was still running and was stopped"
+		return base, nil
+	case ctx.Err() != nil:
+		base.Outcome, base.ExitStatus, base.Message = vmm.OutcomeCanceled, ExitSignal, "canceled"
+		return base, nil
+	default:
 		return nil, err
 	}
 	rep := &Report{}
@@ -339,8 +430,9 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, kernel, init
 			return nil, fmt.Errorf("nested: inner result: %w", err)
 		}
 	} else {
-		rep = &Report{Outcome: vmm.OutcomeError, ExitStatus: res.ExitStatus, Kernel: kernel, Initrd: initrd,
-			Message: "ember inside the L1 guest ended without a result"}
+		rep = base
+		rep.Outcome, rep.ExitStatus = vmm.OutcomeError, res.ExitStatus
+		rep.Message = "ember inside the L1 guest ended without a result"
 	}
 	rep.Accel = AccelNested
 	rep.L1BootMS = ms(res.L1Boot)
@@ -348,11 +440,14 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, kernel, init
 	return rep, nil
 }
 
-func orNone(s string) string {
-	if s == "" {
-		return "none"
-	}
-	return s
+// L1CPUs is the nested L1 guest's vCPU count.
+const L1CPUs = 2
+
+// L1MemoryMiB is what an L1 guest needs to run an inner VM of memory
+// bytes: the inner guest's RAM, plus 768 MiB for L1's kernel, the page
+// cache of the shared root and the inner ember.
+func L1MemoryMiB(memory uint64) int {
+	return max(int(memory>>20)+768, nested.MinMemoryMiB)
 }
 
 func levelName(l *slog.Logger) string {

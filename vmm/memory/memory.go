@@ -11,16 +11,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Layout constants for x86-64 guests.
-const (
-	// HoleStart is where the 32-bit MMIO hole begins: RAM above this guest
-	// physical address moves to HighStart (like QEMU's and Firecracker's layout).
-	HoleStart = 0xC000_0000
-	// HighStart is where RAM resumes above 4 GiB.
-	HighStart = 0x1_0000_0000
-	// PageSize is the guest page size used for alignment.
-	PageSize = 4096
-)
+// PageSize is the guest page size: region starts and sizes are multiples.
+const PageSize = 4096
 
 // ErrOutOfRange reports an access that is not entirely inside one RAM region.
 var ErrOutOfRange = errors.New("guest address out of RAM")
@@ -48,23 +40,31 @@ type Memory struct {
 	mapped  bool
 }
 
-// Layout returns the guest physical regions for size bytes of RAM, split
-// around the 32-bit hole.
-func Layout(size uint64) [][2]uint64 {
-	if size <= HoleStart {
-		return [][2]uint64{{0, size}}
+// checkLayout validates regions given as (guest address, size) pairs:
+// page-aligned, non-empty, ascending and disjoint.
+func checkLayout(layout [][2]uint64) (uint64, error) {
+	var total, next uint64
+	for i, l := range layout {
+		if l[1] == 0 || l[0]%PageSize != 0 || l[1]%PageSize != 0 || l[0]+l[1] < l[0] || (i > 0 && l[0] < next) {
+			return 0, fmt.Errorf("guest RAM region %#x+%#x: must be page-aligned, non-empty, ascending and disjoint", l[0], l[1])
+		}
+		next, total = l[0]+l[1], total+l[1]
 	}
-	return [][2]uint64{{0, HoleStart}, {HighStart, size - HoleStart}}
+	if total == 0 {
+		return 0, errors.New("no guest RAM")
+	}
+	return total, nil
 }
 
-// New maps size bytes of anonymous memory as guest RAM. size must be a
-// positive multiple of the page size.
-func New(size uint64) (*Memory, error) {
-	if size == 0 || size%PageSize != 0 {
-		return nil, fmt.Errorf("memory size %d: must be a positive multiple of %d", size, PageSize)
+// New maps anonymous memory for each region of layout ((guest address,
+// size) pairs, as the platform lays RAM out).
+func New(layout [][2]uint64) (*Memory, error) {
+	size, err := checkLayout(layout)
+	if err != nil {
+		return nil, err
 	}
 	m := &Memory{size: size, mapped: true}
-	for _, l := range Layout(size) {
+	for _, l := range layout {
 		data, err := unix.Mmap(-1, 0, int(l[1]), unix.PROT_READ|unix.PROT_WRITE,
 			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 		if err != nil {
@@ -78,14 +78,18 @@ func New(size uint64) (*Memory, error) {
 	return m, nil
 }
 
-// NewFake returns memory backed by ordinary Go slices, for tests that need no
-// KVM. Regions are laid out as for New.
-func NewFake(size uint64) *Memory {
+// NewFake returns memory backed by ordinary Go slices, for tests that need
+// no KVM.
+func NewFake(layout [][2]uint64) (*Memory, error) {
+	size, err := checkLayout(layout)
+	if err != nil {
+		return nil, err
+	}
 	m := &Memory{size: size}
-	for _, l := range Layout(size) {
+	for _, l := range layout {
 		m.regions = append(m.regions, Region{GPA: l[0], Data: make([]byte, l[1])})
 	}
-	return m
+	return m, nil
 }
 
 // Regions returns the RAM regions in ascending guest address order.

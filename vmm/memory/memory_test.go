@@ -6,18 +6,38 @@ import (
 	"testing"
 )
 
-func TestLayoutSplitsAroundHole(t *testing.T) {
-	if l := Layout(512 << 20); len(l) != 1 || l[0] != [2]uint64{0, 512 << 20} {
-		t.Fatalf("512M layout = %v", l)
+// The platform's layout: RAM split around a hole from 3 GiB to 4 GiB.
+const (
+	HoleStart = 0xC000_0000
+	HighStart = 0x1_0000_0000
+)
+
+func split(t testing.TB) *Memory {
+	m, err := NewFake([][2]uint64{{0, HoleStart}, {HighStart, 1 << 20}})
+	if err != nil {
+		t.Fatal(err)
 	}
-	l := Layout(4 << 30)
-	if len(l) != 2 || l[0] != [2]uint64{0, HoleStart} || l[1] != [2]uint64{HighStart, 4<<30 - HoleStart} {
-		t.Fatalf("4G layout = %v", l)
+	return m
+}
+
+func TestBadLayouts(t *testing.T) {
+	for _, l := range [][][2]uint64{
+		nil,
+		{{0, 0}},
+		{{0, 4095}},
+		{{1, 4096}},
+		{{0, 8192}, {4096, 4096}},
+		{{0x10000, 4096}, {0, 4096}},
+		{{^uint64(0) &^ 4095, 8192}},
+	} {
+		if _, err := NewFake(l); err == nil {
+			t.Errorf("layout %v accepted", l)
+		}
 	}
 }
 
 func TestBounds(t *testing.T) {
-	m := NewFake(HoleStart + 1<<20)
+	m := split(t)
 	p := []byte{1, 2, 3, 4}
 	for _, c := range []struct {
 		gpa  int64
@@ -53,11 +73,11 @@ func TestBounds(t *testing.T) {
 
 func TestNewRejectsBadSizes(t *testing.T) {
 	for _, s := range []uint64{0, 4095} {
-		if _, err := New(s); err == nil {
+		if _, err := New([][2]uint64{{0, s}}); err == nil {
 			t.Errorf("New(%d) succeeded", s)
 		}
 	}
-	m, err := New(2 << 20)
+	m, err := New([][2]uint64{{0, 2 << 20}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +93,7 @@ func FuzzSlice(f *testing.F) {
 	f.Add(uint64(0), uint64(1))
 	f.Add(uint64(HoleStart-1), uint64(2))
 	f.Add(uint64(math.MaxUint64), uint64(math.MaxUint64))
-	m := NewFake(HoleStart + 1<<20)
+	m := split(f)
 	f.Fuzz(func(t *testing.T, gpa, n uint64) {
 		s, err := m.Slice(gpa, n%(1<<24))
 		if err == nil && uint64(len(s)) != n%(1<<24) {

@@ -26,7 +26,7 @@ import (
 
 	"github.com/ember-vmm/ember/guest/proto"
 	"github.com/u-root/u-root/pkg/cpio"
-	"golang.org/x/term"
+	"golang.org/x/sys/unix"
 )
 
 // QEMUBinary is the emulator ember runs when Options.QEMU is empty.
@@ -45,6 +45,22 @@ const (
 
 // maxResultSize bounds what is read back from the IO share: L1 is a guest.
 const maxResultSize = 16 << 20
+
+// L1 liveness: the L1 init writes a byte to its second serial port (L1's
+// ttyS1, a file on the host) every second. No byte for Stall (default
+// DefaultStall) means L1 stopped: its kernel locked up, or QEMU was
+// stopped. Before the first byte, L1 has BootLimit (DefaultBootLimit) to
+// boot.
+const (
+	DefaultStall     = 45 * time.Second
+	DefaultBootLimit = 3 * time.Minute
+	heartbeatTTY     = "/dev/ttyS1"
+	heartbeatFile    = "heartbeat"
+)
+
+// ErrL1Stuck is wrapped by Run's error when L1 stopped making progress
+// and was killed.
+var ErrL1Stuck = errors.New("the nested L1 guest stopped responding")
 
 // tailLines is how much of L1's console output a failure report shows.
 const tailLines = 20
@@ -85,8 +101,9 @@ type Options struct {
 	// MemoryMiB is L1's RAM: the inner guest's RAM plus 768 MiB is right;
 	// at least MinMemoryMiB.
 	MemoryMiB int
-	// Stdin reaches the L1 console only if it is a terminal; otherwise L1
-	// reads /dev/null.
+	// Stdin, when set, is copied to L1's console (otherwise L1 reads
+	// /dev/null). If it is an io.Closer, Run closes it when QEMU exits, and
+	// its Read must return then.
 	Stdin io.Reader
 	// Stdout receives L1's console as it arrives; nil discards it.
 	Stdout io.Writer
@@ -94,6 +111,13 @@ type Options struct {
 	Stderr io.Writer
 	// Log gets progress at debug level (and raises L1's kernel log level).
 	Log *slog.Logger
+	// IOFiles are written into the read-write IO share before L1 starts
+	// (inside L1 at proto.IOMount/<name>): data for the command, such as
+	// the resolved VM description.
+	IOFiles map[string][]byte
+	// Stall and BootLimit bound how long L1 may go without a heartbeat
+	// (zero: DefaultStall, DefaultBootLimit).
+	Stall, BootLimit time.Duration
 }
 
 // Result is what came back from L1.
@@ -116,7 +140,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := os.MkdirTemp("", "ember-nested-")
+	sweepTemp()
+	tmp, err := os.MkdirTemp("", tempPrefix+strconv.Itoa(os.Getpid())+"-")
 	if err != nil {
 		return nil, fmt.Errorf("nested: %w", err)
 	}
@@ -125,27 +150,31 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := os.Mkdir(ioDir, 0o755); err != nil {
 		return nil, fmt.Errorf("nested: %w", err)
 	}
+	for name, b := range o.IOFiles {
+		if err := os.WriteFile(filepath.Join(ioDir, name), b, 0o644); err != nil {
+			return nil, fmt.Errorf("nested: %w", err)
+		}
+	}
 	initrd := filepath.Join(tmp, "l1-initrd.cpio")
 	if err := buildInitrd(o, initrd); err != nil {
 		return nil, err
 	}
+	hb := filepath.Join(tmp, heartbeatFile)
 	debug := o.Log.Enabled(ctx, slog.LevelDebug)
-	args := qemuArgs(o, initrd, ioDir, debug)
+	args := qemuArgs(o, initrd, ioDir, hb, debug)
 	o.Log.Debug("nested: starting L1", "qemu", o.QEMU, "args", strings.Join(args, " "))
 
 	cmd := exec.Command(o.QEMU, args...)
 	// QEMU dies with ember (Pdeathsig) and is killed as a group on cancel.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if f, ok := o.Stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		// QEMU's stdio chardev puts the terminal in raw mode; put it back
-		// even if QEMU is killed.
-		if st, err := term.GetState(int(f.Fd())); err == nil {
-			defer func() { _ = term.Restore(int(f.Fd()), st) }()
+	var stdin io.WriteCloser
+	if o.Stdin != nil {
+		// QEMU reads a pipe, never the terminal itself: ember keeps the
+		// terminal (raw mode, size changes) and QEMU can live in a process
+		// group of its own, killed as a whole.
+		if stdin, err = cmd.StdinPipe(); err != nil {
+			return nil, fmt.Errorf("nested: %w", err)
 		}
-		cmd.Stdin = f
-		// A process group of its own would be a background group on the
-		// terminal, and its reads would stop with SIGTTIN: stay in ours.
-		cmd.SysProcAttr.Setpgid = false
 	}
 	tail := &tailWriter{max: 16 << 10}
 	cmd.Stdout = io.MultiWriter(o.Stdout, tail)
@@ -158,20 +187,48 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("nested: starting %s: %w", o.QEMU, err)
 	}
+	copied := make(chan struct{})
+	if stdin != nil {
+		go func() {
+			defer close(copied)
+			_, _ = io.Copy(stdin, o.Stdin)
+			stdin.Close()
+		}()
+	} else {
+		close(copied)
+	}
 	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
-
-	var qemuErr error
-	select {
-	case qemuErr = <-waited:
-	case <-ctx.Done():
-		if cmd.SysProcAttr.Setpgid {
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		} else {
-			_ = cmd.Process.Kill()
+	go func() {
+		err := cmd.Wait()
+		if c, ok := o.Stdin.(io.Closer); ok && c != nil {
+			c.Close()
 		}
+		<-copied
+		waited <- err
+	}()
+
+	kill := func() {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-waited
-		return nil, ctx.Err()
+	}
+	live := newLiveness(hb, o.Stall, o.BootLimit, start)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var qemuErr error
+wait:
+	for {
+		select {
+		case qemuErr = <-waited:
+			break wait
+		case <-ctx.Done():
+			kill()
+			return nil, ctx.Err()
+		case now := <-tick.C:
+			if msg := live.check(now); msg != "" {
+				kill()
+				return nil, fmt.Errorf("nested: %w: %s; it was stopped. Last console output:\n%s", ErrL1Stuck, msg, lastLines(tail.String(), tailLines))
+			}
+		}
 	}
 	res := &Result{Wall: time.Since(start)}
 	// QEMU's 9p server creates the file on the host, so its mtime is on
@@ -206,6 +263,26 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("nested: %w", err)
 	}
 	return res, nil
+}
+
+// tempPrefix names Run's temporary directories, followed by the owning
+// process's ID, so leftovers of an ember that was killed can be told from
+// the work of one that runs.
+const tempPrefix = "ember-nested-"
+
+// sweepTemp removes temporary directories of embers that are gone.
+func sweepTemp() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), tempPrefix+"*"))
+	for _, d := range dirs {
+		pidStr, _, ok := strings.Cut(strings.TrimPrefix(filepath.Base(d), tempPrefix), "-")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || err != nil || pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			_ = os.RemoveAll(d)
+		}
+	}
 }
 
 // withDefaults checks o and fills in its defaults.
@@ -310,7 +387,7 @@ func overlaidPaths(have []proto.NestedMount, paths ...string) []proto.NestedMoun
 // runFile is what L1's init reads: the command and where the shares are.
 func runFile(o Options) proto.Run {
 	return proto.Run{Args: o.Args, Env: o.Env, Dir: o.Dir,
-		Nested: &proto.Nested{RootTag: rootTag, IOTag: ioTag, Mounts: o.Mounts}}
+		Nested: &proto.Nested{RootTag: rootTag, IOTag: ioTag, Mounts: o.Mounts, Heartbeat: heartbeatTTY}}
 }
 
 // runArchive is a newc cpio holding proto.RunFile. The kernel unpacks
@@ -367,7 +444,7 @@ func buildInitrd(o Options, path string) error {
 // the "max" CPU model (it offers SVM and NPT), no default devices, the
 // serial console on stdio, the host root (read-only) and the IO directory
 // over virtio-9p, then the extra shares.
-func qemuArgs(o Options, initrd, ioDir string, debug bool) []string {
+func qemuArgs(o Options, initrd, ioDir, heartbeat string, debug bool) []string {
 	cmdline := "console=ttyS0 quiet loglevel=0 panic=-1"
 	if debug {
 		cmdline = "console=ttyS0 loglevel=7 panic=-1"
@@ -377,6 +454,7 @@ func qemuArgs(o Options, initrd, ioDir string, debug bool) []string {
 		"-smp", strconv.Itoa(o.CPUs), "-m", strconv.Itoa(o.MemoryMiB),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
+		"-chardev", "file,id=hb,path=" + heartbeat, "-serial", "chardev:hb",
 		"-kernel", o.Kernel, "-initrd", initrd, "-append", cmdline,
 		"-virtfs", virtfs("/", rootTag, true),
 		"-virtfs", virtfs(ioDir, ioTag, false),
@@ -409,13 +487,30 @@ func parseStatus(b []byte) (int, error) {
 	return n, nil
 }
 
-// readLimited reads a file L1 wrote, refusing ones over maxResultSize.
+// readLimited reads a file L1 wrote into the IO share. L1 is a guest: the
+// file may be a symlink to a host file, a FIFO nobody will ever write, or
+// huge. Only a regular file is read, without following links, without
+// blocking on open, and at most maxResultSize bytes.
 func readLimited(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC|unix.O_NOCTTY, 0)
+	if err != nil {
+		if errors.Is(err, unix.ELOOP) {
+			return nil, fmt.Errorf("%s: a symbolic link, not a file", filepath.Base(path))
+		}
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	st, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file (%s)", filepath.Base(path), st.Mode().Type())
+	}
+	if st.Size() > maxResultSize {
+		return nil, fmt.Errorf("%s: larger than %d bytes", filepath.Base(path), maxResultSize)
+	}
 	b, err := io.ReadAll(io.LimitReader(f, maxResultSize+1))
 	if err != nil {
 		return nil, err
@@ -424,6 +519,40 @@ func readLimited(path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: larger than %d bytes", filepath.Base(path), maxResultSize)
 	}
 	return b, nil
+}
+
+// liveness watches the heartbeat file grow.
+type liveness struct {
+	path              string
+	stall, bootLimit  time.Duration
+	start, lastChange time.Time
+	size              int64
+	seen              bool
+}
+
+func newLiveness(path string, stall, bootLimit time.Duration, start time.Time) *liveness {
+	if stall <= 0 {
+		stall = DefaultStall
+	}
+	if bootLimit <= 0 {
+		bootLimit = DefaultBootLimit
+	}
+	return &liveness{path: path, stall: stall, bootLimit: bootLimit, start: start, lastChange: start}
+}
+
+// check returns why L1 counts as stuck at now, or "".
+func (l *liveness) check(now time.Time) string {
+	if st, err := os.Stat(l.path); err == nil && st.Size() != l.size {
+		l.size, l.lastChange, l.seen = st.Size(), now, true
+		return ""
+	}
+	switch {
+	case !l.seen && now.Sub(l.start) > l.bootLimit:
+		return fmt.Sprintf("no sign of life %s after it was started", l.bootLimit)
+	case l.seen && now.Sub(l.lastChange) > l.stall:
+		return fmt.Sprintf("no heartbeat for %s", now.Sub(l.lastChange).Round(time.Second))
+	}
+	return ""
 }
 
 // tailWriter keeps the last max bytes written, for error reports.

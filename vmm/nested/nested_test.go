@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -35,11 +36,12 @@ func testOptions(t *testing.T) Options {
 func TestQEMUArgs(t *testing.T) {
 	o := Options{Kernel: "/k/vmlinuz", CPUs: 3, MemoryMiB: 2048,
 		Mounts: []proto.NestedMount{{Tag: "m0", Path: "/srv/a,b", ReadOnly: true}, {Tag: "m1", Path: "/data"}}}
-	a := qemuArgs(o, "/t/initrd", "/t/io", false)
+	a := qemuArgs(o, "/t/initrd", "/t/io", "/t/hb", false)
 	joined := strings.Join(a, " ")
 	for _, want := range []string{
 		"-accel tcg,thread=multi", "-cpu max", "-smp 3", "-m 2048", "-nodefaults", "-no-user-config",
 		"-display none", "-no-reboot", "-chardev stdio,id=con,signal=off", "-serial chardev:con",
+		"-chardev file,id=hb,path=/t/hb -serial chardev:hb",
 		"-kernel /k/vmlinuz", "-initrd /t/initrd",
 		"-virtfs local,path=/,mount_tag=hostroot,security_model=none,multidevs=remap,readonly=on",
 		"-virtfs local,path=/t/io,mount_tag=emberio,security_model=none,multidevs=remap -",
@@ -54,7 +56,7 @@ func TestQEMUArgs(t *testing.T) {
 	if i < 0 || a[i+1] != "console=ttyS0 quiet loglevel=0 panic=-1" {
 		t.Errorf("-append: %q", a)
 	}
-	d := qemuArgs(o, "/t/initrd", "/t/io", true)
+	d := qemuArgs(o, "/t/initrd", "/t/io", "/t/hb", true)
 	if i := slices.Index(d, "-append"); strings.Contains(d[i+1], "quiet") || !strings.Contains(d[i+1], "loglevel=7") {
 		t.Errorf("debug cmdline %q", d[i+1])
 	}
@@ -237,11 +239,21 @@ func TestLastLines(t *testing.T) {
 // and behaves as $FAKE_MODE says.
 const fakeQEMU = `#!/bin/sh
 for a in "$@"; do
-	case "$a" in local,path=*,mount_tag=emberio,*) d=${a#local,path=}; d=${d%%,mount_tag=*};; esac
+	case "$a" in
+	local,path=*,mount_tag=emberio,*) d=${a#local,path=}; d=${d%%,mount_tag=*};;
+	file,id=hb,path=*) hb=${a#file,id=hb,path=};;
+	esac
 done
 echo "L1 console line"
+beat() { printf . >> "$hb"; }
 case "$FAKE_MODE" in
-ok) sleep 0.1; : > "$d/started"; echo '{"outcome":"exited"}' > "$d/result.json"; echo 42 > "$d/status";;
+ok) beat; sleep 0.1; : > "$d/started"; echo '{"outcome":"exited"}' > "$d/result.json"; echo 42 > "$d/status";;
+plan) cat "$d/plan.json" > "$d/result.json"; echo 0 > "$d/status";;
+alive) i=0; while [ $i -lt 8 ]; do beat; sleep 0.5; i=$((i+1)); done; echo 0 > "$d/status";;
+stall) beat; echo "last words before the freeze"; sleep 60;;
+noboot) sleep 60;;
+fifo) mkfifo "$d/status";;
+symlink) ln -s /etc/hostname "$d/status";;
 garbage) echo "forty-two" > "$d/status";;
 fail) i=0; while [ $i -lt 30 ]; do echo "boot line $i"; i=$((i+1)); done; echo "Kernel panic - not syncing";;
 qemufail) echo "qemu-system-x86_64: -kernel: bad kernel" >&2; exit 1;;
@@ -321,6 +333,104 @@ func TestRunFakeFailures(t *testing.T) {
 	}
 }
 
+func TestRunIOFiles(t *testing.T) {
+	o := fakeOptions(t, "plan")
+	o.IOFiles = map[string][]byte{"plan.json": []byte(`{"cpus":3}`)}
+	res, err := Run(context.Background(), o)
+	if err != nil || string(res.ResultJSON) != `{"cpus":3}` {
+		t.Fatalf("Run = %+v, %v; the command did not see the IO file", res, err)
+	}
+}
+
+// TestRunStuck: an L1 that stops beating (a frozen QEMU, a locked-up
+// kernel) is killed after the stall bound, with an error that says so and
+// shows its last console lines; an L1 that beats slowly is left alone.
+func TestRunStuck(t *testing.T) {
+	for _, tc := range []struct {
+		mode string
+		want []string
+	}{
+		{"stall", []string{"no heartbeat for", "last words before the freeze"}},
+		{"noboot", []string{"no sign of life 2s after it was started"}},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			o := fakeOptions(t, tc.mode)
+			o.Stall, o.BootLimit = 2*time.Second, 2*time.Second
+			start := time.Now()
+			_, err := Run(context.Background(), o)
+			if !errors.Is(err, ErrL1Stuck) {
+				t.Fatalf("err = %v, want ErrL1Stuck", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q: %v", w, err)
+				}
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("took %s to notice", d)
+			}
+			noTempLeft(t)
+		})
+	}
+	o := fakeOptions(t, "alive")
+	o.Stall, o.BootLimit = 2*time.Second, 2*time.Second
+	if res, err := Run(context.Background(), o); err != nil || res.ExitStatus != 0 {
+		t.Fatalf("a slow but living L1 was not left alone: %+v, %v", res, err)
+	}
+}
+
+// TestRunHostileStatusFile: L1 controls the IO share. A FIFO in place of
+// the status file must not hang ember, and a symlink must not make it read
+// (and print) a host file.
+func TestRunHostileStatusFile(t *testing.T) {
+	host, _ := os.ReadFile("/etc/hostname")
+	for _, mode := range []string{"fifo", "symlink"} {
+		t.Run(mode, func(t *testing.T) {
+			done := make(chan error, 1)
+			go func() {
+				_, err := Run(context.Background(), fakeOptions(t, mode))
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Fatal("accepted")
+				}
+				if len(bytes.TrimSpace(host)) > 0 && strings.Contains(err.Error(), strings.TrimSpace(string(host))) {
+					t.Fatalf("error shows the host file's content: %v", err)
+				}
+				if !strings.Contains(err.Error(), "not a regular file") && !strings.Contains(err.Error(), "symbolic link") {
+					t.Fatalf("error %v does not say what was wrong", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("hung reading the status file")
+			}
+		})
+	}
+}
+
+func TestReadLimited(t *testing.T) {
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big")
+	if err := os.WriteFile(big, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(big, maxResultSize+1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readLimited(big); err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("oversized file: %v", err)
+	}
+	ok := filepath.Join(dir, "ok")
+	os.WriteFile(ok, []byte("7\n"), 0o644)
+	if b, err := readLimited(ok); err != nil || string(b) != "7\n" {
+		t.Fatalf("regular file: %q %v", b, err)
+	}
+	if _, err := readLimited(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing file: %v", err)
+	}
+}
+
 func TestRunCancel(t *testing.T) {
 	o := fakeOptions(t, "hang")
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
@@ -348,5 +458,23 @@ func TestOverlaidPathsShared(t *testing.T) {
 	}
 	if got := overlaidPaths([]proto.NestedMount{{Path: dir}}, sub); len(got) != 0 {
 		t.Fatalf("a path under an existing share was shared again: %+v", got)
+	}
+}
+
+func TestSweepTemp(t *testing.T) {
+	t.Setenv("TMPDIR", t.TempDir())
+	dead := filepath.Join(os.TempDir(), tempPrefix+"999999999-x")
+	live := filepath.Join(os.TempDir(), tempPrefix+strconv.Itoa(os.Getpid())+"-y")
+	for _, d := range []string{dead, live} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sweepTemp()
+	if _, err := os.Stat(dead); err == nil {
+		t.Error("a dead ember's directory was kept")
+	}
+	if _, err := os.Stat(live); err != nil {
+		t.Error("a live ember's directory was removed")
 	}
 }
