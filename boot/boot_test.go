@@ -443,7 +443,7 @@ func realKernels() []string {
 			paths = append(paths, p)
 		}
 	}
-	cached, _ := filepath.Glob(filepath.Join(os.Getenv("HOME"), ".cache/ember/kernels/*/vmlinu*"))
+	cached, _ := filepath.Glob(filepath.Join(os.Getenv("HOME"), ".cache/ember/kernels/*/vmlinu[xz]"))
 	return append(paths, cached...)
 }
 
