@@ -166,7 +166,7 @@ func runInside() int {
 	wd, _ := os.Getwd()
 	start := time.Now()
 	res, err := nested.Run(context.Background(), nested.Options{
-		Kernel: l1.Kernel, Initrd: l1.L1, Args: args, Dir: wd, CPUs: 2, MemoryMiB: 6144,
+		Kernel: l1.Kernel, Initrd: l1.L1, Args: args, Dir: wd, CPUs: 2, MemoryMiB: 6144, Files: []string{env.cacheDir},
 		Stdout: os.Stdout, Stderr: os.Stderr,
 	})
 	if err != nil {

@@ -406,6 +406,7 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in 
 		Kernel: l1k.Path, Initrd: l1i, Args: args, Dir: dir,
 		CPUs: L1CPUs, MemoryMiB: L1MemoryMiB(p.Memory),
 		Stdin: stdin, Stdout: o.Stdout, Stderr: o.Stderr, Log: o.Log,
+		Files:   []string{p.Kernel, p.Initrd},
 		IOFiles: map[string][]byte{planFile: plan}, Stall: o.NestedStall,
 	})
 	base.WallMS = ms(time.Since(start))

@@ -111,6 +111,11 @@ type Options struct {
 	Stderr io.Writer
 	// Log gets progress at debug level (and raises L1's kernel log level).
 	Log *slog.Logger
+	// Files are host files and directories the command uses besides those
+	// named in Args (a kernel and initramfs named in a plan file, a cache):
+	// like Args, any under a directory L1 covers with its own tmpfs (/tmp,
+	// /run) is shared.
+	Files []string
 	// IOFiles are written into the read-write IO share before L1 starts
 	// (inside L1 at proto.IOMount/<name>): data for the command, such as
 	// the resolved VM description.
@@ -324,8 +329,13 @@ func (o Options) withDefaults() (Options, error) {
 		o.Stderr = io.Discard
 	}
 	need := []string{o.Dir}
-	for _, a := range o.Args {
-		if st, err := os.Stat(a); filepath.IsAbs(a) && err == nil && !st.IsDir() {
+	for _, a := range append(append([]string{}, o.Args...), o.Files...) {
+		st, err := os.Stat(a)
+		switch {
+		case !filepath.IsAbs(a) || err != nil:
+		case st.IsDir():
+			need = append(need, a)
+		default:
 			need = append(need, filepath.Dir(a))
 		}
 	}

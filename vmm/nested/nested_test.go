@@ -446,6 +446,27 @@ func TestRunCancel(t *testing.T) {
 	noTempLeft(t)
 }
 
+// TestFilesUnderTmpShared: a kernel under /tmp named only in a plan file
+// is still visible in L1 (its directory is shared read-only).
+func TestFilesUnderTmpShared(t *testing.T) {
+	o := testOptions(t)
+	k := filepath.Join(t.TempDir(), "vmlinuz")
+	if err := os.WriteFile(k, []byte("k"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o.Files = []string{k, ""}
+	o, err := o.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range o.Mounts {
+		if m.Path == filepath.Dir(k) && m.ReadOnly {
+			return
+		}
+	}
+	t.Fatalf("mounts %+v do not share %s", o.Mounts, filepath.Dir(k))
+}
+
 func TestOverlaidPathsShared(t *testing.T) {
 	dir := t.TempDir() // under /tmp, which L1 covers with a tmpfs
 	sub := dir + "/bin"
