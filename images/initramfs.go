@@ -26,7 +26,7 @@ const urootVersion = "v0.14.0"
 
 // builderVersion changes whenever the image contents change in a way the
 // other cache-key inputs do not capture, so cached images are rebuilt.
-const builderVersion = "2"
+const builderVersion = "3"
 
 // urootCommands are the u-root core commands in the default image, built as
 // one busybox in /bbin. ember's init provides /init, sh, poweroff, reboot,
@@ -283,7 +283,11 @@ func (c *Cache) buildUroot(ctx context.Context, out string) error {
 	mk := []uimage.Modifier{
 		// -mod=mod lets the go command fill the build module's go.sum from
 		// the module proxy (or the module cache) on first use.
-		uimage.WithReplaceEnv(golang.Default(golang.DisableCGO(), golang.WithGOARCH("amd64"),
+		// goshsmall: gosh reads lines plainly (the guest's pty does the
+		// editing) instead of through a full-screen line editor, whose
+		// renderer can deadlock on exit (bubbletea 0.24) and which queries
+		// the terminal.
+		uimage.WithReplaceEnv(golang.Default(golang.DisableCGO(), golang.WithGOARCH("amd64"), golang.WithBuildTag("goshsmall"),
 			golang.WithWorkingDir(mod), golang.WithMod(golang.ModOnly))),
 		uimage.WithTempDir(tmp),
 		uimage.WithBusyboxCommands(cmds...),

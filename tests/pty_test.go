@@ -48,17 +48,11 @@ func newTerminal(t *testing.T, rows, cols uint16) *terminal {
 	go func() {
 		defer close(term.done)
 		buf := make([]byte, 4096)
-		answered := 0
 		for {
 			n, err := m.Read(buf)
 			term.mu.Lock()
 			term.out.Write(buf[:n])
-			answers, upto := queries(term.out.Bytes(), answered)
-			answered = upto
 			term.mu.Unlock()
-			if len(answers) > 0 {
-				m.Write(answers)
-			}
 			if err != nil {
 				return
 			}
@@ -66,42 +60,6 @@ func newTerminal(t *testing.T, rows, cols uint16) *terminal {
 	}()
 	t.Cleanup(func() { m.Close(); s.Close() })
 	return term
-}
-
-// queries answers what a terminal emulator answers, for the queries in
-// out past offset from (the shell's line editor asks for the cursor
-// position and the colours, and waits for the answers): the answers and
-// how far out has been looked at.
-func queries(out []byte, from int) ([]byte, int) {
-	answers := []struct{ q, a string }{
-		{"\x1b[6n", "\x1b[1;1R"},
-		{"\x1b]10;?", "\x1b]10;rgb:ffff/ffff/ffff\x1b\\"},
-		{"\x1b]11;?", "\x1b]11;rgb:0000/0000/0000\x1b\\"},
-	}
-	var ans []byte
-	for {
-		i := bytes.IndexByte(out[from:], 0x1b)
-		if i < 0 {
-			return ans, len(out)
-		}
-		q := out[from+i:]
-		matched := false
-		for _, x := range answers {
-			if bytes.HasPrefix(q, []byte(x.q)) {
-				ans = append(ans, x.a...)
-				from += i + len(x.q)
-				matched = true
-				break
-			}
-		}
-		if matched {
-			continue
-		}
-		if len(q) < 6 {
-			return ans, from + i // maybe a query cut short: look again later
-		}
-		from += i + 1
-	}
 }
 
 // resize changes the terminal's size; the kernel sends SIGWINCH to its
