@@ -553,27 +553,29 @@ func TestOpenKernelSpecialFiles(t *testing.T) {
 	}
 }
 
-// TestELFCompressedNoteBomb: an ELF vmlinux whose only note is a
-// compressed section claiming 256 MiB made debug/elf allocate over a
-// gigabyte; now the section is skipped unread.
+// TestELFCompressedNoteBomb: an ELF vmlinux whose section name table is
+// compressed (a zlib stream inflating 32 MiB of zeros, ~32 KiB in the
+// file) made debug/elf inflate it on open; now nothing is inflated and the
+// file is refused.
 func TestELFCompressedNoteBomb(t *testing.T) {
 	k := bombELF()
 	var err error
 	n := allocated(func() { _, err = detect(k) })
-	if !errors.Is(err, ErrNoPVHEntry) {
-		t.Fatalf("detect = %v, want ErrNoPVHEntry", err)
+	if !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("detect = %v, want ErrUnsupported", err)
 	}
 	if n > 1<<20 {
 		t.Fatalf("an %d-byte ELF file made the parser allocate %d bytes", len(k), n)
 	}
 }
 
-// bombELF is a PVH-less vmlinux whose only note is a compressed section
-// (zlib header claiming 256 MiB, 8000 bytes of data).
+// bombELF is a PVH-less vmlinux whose note section and name table are
+// compressed, each inflating to 32 MiB.
 func bombELF() []byte {
 	return elf64test.File{
 		Progs: []elf64test.Prog{{Type: elf64test.PTLoad, Paddr: 0x1000000, Memsz: 0x1000, Data: []byte{0xf4}}},
 		Sections: []elf64test.Section{{Name: ".note.x", Type: elf64test.SHTNote, Flags: elf64test.SHFCompressed,
-			Data: elf64test.CompressedBomb(256<<20, 8000)}},
+			Data: elf64test.CompressedBomb(32 << 20)}},
+		BombNames: 32 << 20,
 	}.Bytes()
 }

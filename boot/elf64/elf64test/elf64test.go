@@ -4,7 +4,11 @@
 // holds, compressed sections).
 package elf64test
 
-import "encoding/binary"
+import (
+	"bytes"
+	"compress/zlib"
+	"encoding/binary"
+)
 
 // Header sizes and types.
 const (
@@ -54,6 +58,9 @@ type File struct {
 	Entry    uint64
 	Progs    []Prog
 	Sections []Section
+	// BombNames, if non-zero, makes the name table a compressed section
+	// whose header claims BombNames bytes (its names are then unreadable).
+	BombNames uint64
 }
 
 // Bytes lays the file out: header, program headers, segment data, section
@@ -106,7 +113,11 @@ func (f File) Bytes() []byte {
 	}
 	nameOff[len(secs)] = uint32(len(names))
 	names = append(names, ".shstrtab\x00"...)
-	secs = append(secs, Section{Type: SHTStrtab, Data: names})
+	if f.BombNames != 0 {
+		secs = append(secs, Section{Type: SHTStrtab, Flags: SHFCompressed, Data: CompressedBomb(f.BombNames)})
+	} else {
+		secs = append(secs, Section{Type: SHTStrtab, Data: names})
+	}
 	offs := make([]uint64, len(secs))
 	for i, s := range secs {
 		offs[i] = uint64(len(b))
@@ -162,11 +173,21 @@ func PVHNote(entry uint64, eight bool) []byte {
 	return Note("Xen", xenPhys32Entry, binary.LittleEndian.AppendUint32(nil, uint32(entry)))
 }
 
-// CompressedBomb is the data of a compressed section whose header (an
-// Elf64_Chdr, zlib) claims uncompressed bytes, followed by pad bytes.
-func CompressedBomb(uncompressed uint64, pad int) []byte {
-	b := make([]byte, 24+pad)
+// CompressedBomb is the data of a compressed section: an Elf64_Chdr
+// (zlib) claiming uncompressed bytes, then a valid zlib stream that does
+// inflate to that many zero bytes (about a thousandth of the size).
+func CompressedBomb(uncompressed uint64) []byte {
+	b := make([]byte, 24)
 	binary.LittleEndian.PutUint32(b[0:], 1) // ELFCOMPRESS_ZLIB
 	binary.LittleEndian.PutUint64(b[8:], uncompressed)
-	return b
+	var z bytes.Buffer
+	w, _ := zlib.NewWriterLevel(&z, zlib.BestCompression)
+	zero := make([]byte, 1<<20)
+	for left := uncompressed; left > 0; {
+		n := min(left, uint64(len(zero)))
+		_, _ = w.Write(zero[:n])
+		left -= n
+	}
+	_ = w.Close()
+	return append(b, z.Bytes()...)
 }
