@@ -56,5 +56,11 @@ func (e *EventFD) Wait() (uint64, error) {
 	return binary.NativeEndian.Uint64(b[:]), nil
 }
 
+// Drain resets the count to zero without waiting.
+func (e *EventFD) Drain() {
+	var b [8]byte
+	_, _ = unix.Read(e.fd, b[:])
+}
+
 // Close closes the eventfd and wakes a goroutine in Wait.
 func (e *EventFD) Close() error { return e.f.Close() }
