@@ -193,3 +193,24 @@ func (w *Writer) Skip(n uint64) {
 		n -= k
 	}
 }
+
+// NewChain builds a chain over host buffers: readable ones, then writable
+// ones. Device tests and fuzz targets use it to feed a request parser
+// without a queue.
+func NewChain(readable, writable [][]byte) *Chain {
+	c := &Chain{}
+	for _, b := range readable {
+		if len(b) > 0 {
+			c.segs = append(c.segs, b)
+			c.nRead++
+			c.readLen += uint64(len(b))
+		}
+	}
+	for _, b := range writable {
+		if len(b) > 0 {
+			c.segs = append(c.segs, b)
+			c.writeLen += uint64(len(b))
+		}
+	}
+	return c
+}

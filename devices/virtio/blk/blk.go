@@ -1,0 +1,320 @@
+// Package blk is virtio-blk (virtio 1.2 §5.2) over a raw image file:
+// reads, writes, flushes that reach the disk (fsync), GET_ID, and DISCARD
+// and WRITE_ZEROES where the host file system can punch holes. Requests
+// are served on the device's worker, never on a vCPU thread.
+package blk
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ember-vmm/ember/devices/virtio"
+)
+
+// Feature bits (§5.2.3).
+const (
+	featSegMax      = 1 << 2
+	featRO          = 1 << 5
+	featBlkSize     = 1 << 6
+	featFlush       = 1 << 9
+	featDiscard     = 1 << 13
+	featWriteZeroes = 1 << 14
+)
+
+// Request types and status values (§5.2.6).
+const (
+	typeIn          = 0
+	typeOut         = 1
+	typeFlush       = 4
+	typeGetID       = 8
+	typeDiscard     = 11
+	typeWriteZeroes = 13
+
+	statusOK     = 0
+	statusIOErr  = 1
+	statusUnsupp = 2
+)
+
+const (
+	// SectorSize is virtio-blk's unit of addressing.
+	SectorSize = 512
+	// IDLen is the length of the GET_ID serial.
+	IDLen     = 20
+	queueSize = 256
+	// maxRange bounds one DISCARD or WRITE_ZEROES (in sectors) so a
+	// request's host work stays bounded.
+	maxRange    = 1 << 22
+	headerSize  = 16
+	segmentSize = 16
+)
+
+// Options describe one drive.
+type Options struct {
+	Path     string
+	ReadOnly bool
+	// Serial is what GET_ID returns (at most IDLen bytes).
+	Serial string
+}
+
+// ErrLocked reports an image another process holds.
+var ErrLocked = errors.New("image is in use by another VM (locked)")
+
+// Device is one virtio-blk drive.
+type Device struct {
+	opts     Options
+	f        *os.File
+	sectors  uint64
+	features uint64
+	config   [60]byte
+	log      *slog.Logger
+	stats    virtio.Stats
+	zeros    []byte
+}
+
+// Open opens and locks the image: exclusively for a writable drive,
+// shared for a read-only one (opened read-only, so the host file cannot
+// change through it).
+func Open(o Options, log *slog.Logger) (*Device, error) {
+	if len(o.Serial) > IDLen {
+		return nil, fmt.Errorf("serial %q: at most %d bytes", o.Serial, IDLen)
+	}
+	flag, lock := os.O_RDWR, unix.LOCK_EX
+	if o.ReadOnly {
+		flag, lock = os.O_RDONLY, unix.LOCK_SH
+	}
+	f, err := os.OpenFile(o.Path, flag|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		f.Close()
+		if err == nil {
+			err = errors.New("not a regular file (a raw disk image is expected)")
+		}
+		return nil, fmt.Errorf("%s: %w", o.Path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), lock|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s: %w", o.Path, ErrLocked)
+		}
+		return nil, fmt.Errorf("%s: lock: %w", o.Path, err)
+	}
+	d := &Device{opts: o, f: f, sectors: uint64(st.Size()) / SectorSize, log: log}
+	if st.Size()%SectorSize != 0 {
+		log.Warn("image size is not a multiple of 512 bytes: the tail is not visible to the guest", "path", o.Path, "size", st.Size())
+	}
+	d.features = featSegMax | featBlkSize | featFlush
+	if o.ReadOnly {
+		d.features |= featRO
+	} else {
+		d.features |= featWriteZeroes
+		if d.canPunch(st.Size()) {
+			d.features |= featDiscard
+		}
+	}
+	d.fillConfig()
+	return d, nil
+}
+
+// canPunch probes hole punching past the end of the file, where it
+// changes nothing.
+func (d *Device) canPunch(size int64) bool {
+	off := (size + 4095) &^ 4095
+	return unix.Fallocate(int(d.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, 4096) == nil
+}
+
+// fillConfig lays out struct virtio_blk_config (§5.2.4).
+func (d *Device) fillConfig() {
+	c, le := d.config[:], binary.LittleEndian
+	le.PutUint64(c[0:], d.sectors)
+	le.PutUint32(c[12:], queueSize-2) // seg_max: the header and status take two
+	le.PutUint32(c[20:], SectorSize)  // blk_size
+	le.PutUint32(c[36:], maxRange)    // max_discard_sectors
+	le.PutUint32(c[40:], 1)           // max_discard_seg
+	le.PutUint32(c[44:], 8)           // discard_sector_alignment: 4 KiB
+	le.PutUint32(c[48:], maxRange)    // max_write_zeroes_sectors
+	le.PutUint32(c[52:], 1)           // max_write_zeroes_seg
+	c[56] = 1                         // write_zeroes_may_unmap
+}
+
+// Close releases the image (and its lock).
+func (d *Device) Close() error { return d.f.Close() }
+
+// Path is the image file.
+func (d *Device) Path() string { return d.opts.Path }
+
+func (*Device) Type() uint32               { return virtio.TypeBlock }
+func (d *Device) Features() uint64         { return d.features }
+func (*Device) QueueMaxSizes() []uint16    { return []uint16{queueSize} }
+func (*Device) WriteConfig(uint64, []byte) {}
+func (*Device) Reset()                     {}
+func (d *Device) Stats() *virtio.Stats     { return &d.stats }
+
+// ReadConfig reads the configuration space; bytes past it read as zero.
+func (d *Device) ReadConfig(off uint64, p []byte) {
+	clear(p)
+	if off < uint64(len(d.config)) {
+		copy(p, d.config[off:])
+	}
+}
+
+// Activate starts the request worker.
+func (d *Device) Activate(ctx context.Context, a *virtio.Activation) error {
+	if !a.Queues[0].Ready() {
+		return nil
+	}
+	a.Go(func() error { return virtio.Serve(ctx, a, 0, func(q *virtio.Queue) error { return d.drain(a, q) }) })
+	return nil
+}
+
+// drain serves every available request, then interrupts once.
+func (d *Device) drain(a *virtio.Activation, q *virtio.Queue) error {
+	defer a.Interrupt(0)
+	for {
+		c, err := q.Pop()
+		if err != nil || c == nil {
+			return err
+		}
+		w := c.Writer()
+		status := d.serve(c.Reader(), w)
+		// The status byte is the last device-writable byte (§5.2.6).
+		if w.Len() > 0 {
+			w.Skip(w.Len() - 1)
+			_, _ = w.Write([]byte{status})
+		} else {
+			d.stats.GuestFaults.Add(1)
+		}
+		q.Push(c, w.Written())
+	}
+}
+
+// serve executes one request and returns its status. r holds the header
+// (and data for writes); w has room for data (reads) and the status.
+func (d *Device) serve(r *virtio.Reader, w *virtio.Writer) uint8 {
+	d.stats.Requests.Add(1)
+	var h [headerSize]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil || w.Len() == 0 {
+		d.stats.GuestFaults.Add(1)
+		d.log.Warn("malformed request: no header or no status byte")
+		return statusIOErr
+	}
+	typ := binary.LittleEndian.Uint32(h[0:])
+	sector := binary.LittleEndian.Uint64(h[8:])
+	switch typ {
+	case typeIn:
+		n := w.Len() - 1
+		off, ok := d.span(sector, n)
+		if !ok {
+			return statusIOErr
+		}
+		if err := w.ReadFromAt(d.f, off, n); err != nil {
+			return d.hostErr("read", err)
+		}
+		d.stats.BytesWritten.Add(n)
+	case typeOut:
+		if d.opts.ReadOnly {
+			return statusIOErr
+		}
+		n := r.Len()
+		off, ok := d.span(sector, n)
+		if !ok {
+			return statusIOErr
+		}
+		if err := r.WriteToAt(d.f, off, n); err != nil {
+			return d.hostErr("write", err)
+		}
+		d.stats.BytesRead.Add(n)
+	case typeFlush:
+		if d.opts.ReadOnly {
+			return statusOK
+		}
+		if err := d.f.Sync(); err != nil {
+			return d.hostErr("flush", err)
+		}
+	case typeGetID:
+		var id [IDLen]byte
+		copy(id[:], d.opts.Serial)
+		_, _ = w.Write(id[:min(IDLen, w.Len()-1)])
+	case typeDiscard, typeWriteZeroes:
+		if d.opts.ReadOnly || (typ == typeDiscard && d.features&featDiscard == 0) {
+			return statusUnsupp
+		}
+		return d.ranges(typ, r)
+	default:
+		return statusUnsupp
+	}
+	return statusOK
+}
+
+// span checks that n bytes at sector are whole sectors inside the disk
+// and returns the byte offset.
+func (d *Device) span(sector, n uint64) (int64, bool) {
+	if n%SectorSize != 0 || sector > d.sectors || n/SectorSize > d.sectors-sector {
+		d.stats.GuestFaults.Add(1)
+		d.log.Warn("request outside the disk or not whole sectors", "sector", sector, "bytes", n, "sectors", d.sectors)
+		return 0, false
+	}
+	return int64(sector * SectorSize), true
+}
+
+// ranges serves DISCARD and WRITE_ZEROES (§5.2.6.2): one segment.
+func (d *Device) ranges(typ uint32, r *virtio.Reader) uint8 {
+	if r.Len() != segmentSize {
+		d.stats.GuestFaults.Add(1)
+		return statusUnsupp
+	}
+	var s [segmentSize]byte
+	_, _ = io.ReadFull(r, s[:])
+	sector := binary.LittleEndian.Uint64(s[0:])
+	count := uint64(binary.LittleEndian.Uint32(s[8:]))
+	flags := binary.LittleEndian.Uint32(s[12:])
+	if count > maxRange || flags&^1 != 0 {
+		d.stats.GuestFaults.Add(1)
+		return statusUnsupp
+	}
+	off, ok := d.span(sector, count*SectorSize)
+	if !ok {
+		return statusIOErr
+	}
+	n := int64(count * SectorSize)
+	fd := int(d.f.Fd())
+	if typ == typeDiscard || flags&1 != 0 {
+		if err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n); err == nil {
+			return statusOK
+		} else if typ == typeDiscard {
+			return d.hostErr("discard", err)
+		}
+	}
+	if unix.Fallocate(fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, n) == nil {
+		return statusOK
+	}
+	// No help from the file system: write the zeros.
+	if d.zeros == nil {
+		d.zeros = make([]byte, 64<<10)
+	}
+	for n > 0 {
+		k := min(n, int64(len(d.zeros)))
+		if _, err := d.f.WriteAt(d.zeros[:k], off); err != nil {
+			return d.hostErr("write zeroes", err)
+		}
+		off, n = off+k, n-k
+	}
+	return statusOK
+}
+
+// hostErr counts and logs a failure of the host file: the guest sees an
+// I/O error, as on a failing disk.
+func (d *Device) hostErr(op string, err error) uint8 {
+	d.stats.Errors.Add(1)
+	d.log.Error("virtio-blk: host I/O failed", "path", d.opts.Path, "op", op, "err", err)
+	return statusIOErr
+}
