@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ember-vmm/ember/boot"
@@ -25,6 +27,11 @@ type VM struct {
 	Boot    Boot    `toml:"boot"`
 	Machine Machine `toml:"machine"`
 	Run     Run     `toml:"run"`
+	// Drives are virtio-blk disks ([[drive]] tables), in the guest's
+	// order: /dev/vda, /dev/vdb, ...
+	Drives []Drive `toml:"drive"`
+	// RNG, when present ([rng]), gives the guest a virtio entropy device.
+	RNG *RNG `toml:"rng"`
 	// Source is the file the config came from ("default" for the built-in).
 	Source string `toml:"-"`
 }
@@ -53,6 +60,52 @@ type Run struct {
 	Env     []string `toml:"env"`
 	// Timeout stops the guest after this long; 0 means never.
 	Timeout Duration `toml:"timeout"`
+}
+
+// Drive is one virtio-blk disk backed by a raw image file.
+type Drive struct {
+	// Path is the raw image; the guest sees its size (whole 512-byte
+	// sectors). A relative path in a config file is relative to the
+	// file's directory.
+	Path string `toml:"path"`
+	// ReadOnly opens the image read-only; the device refuses writes.
+	ReadOnly bool `toml:"read_only"`
+	// ID is the drive's serial (GET_ID, /dev/disk/by-id), at most 20
+	// bytes; it defaults to "ember<index>".
+	ID string `toml:"id"`
+}
+
+// RNG is the virtio entropy device (it has no settings).
+type RNG struct{}
+
+// MaxDrives bounds the drives of one VM (each takes an interrupt line).
+const MaxDrives = 16
+
+// ParseDrive parses the --drive flag: "path=IMG[,ro][,id=ID]", or just
+// "IMG".
+func ParseDrive(s string) (Drive, error) {
+	var d Drive
+	for i, part := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(part, "=")
+		switch {
+		case !ok && i == 0 && part != "ro" && part != "":
+			d.Path = part
+		case k == "path" && ok:
+			d.Path = v
+		case (k == "ro" || k == "read_only" || k == "readonly") && (!ok || v == "on" || v == "true"):
+			d.ReadOnly = true
+		case (k == "ro" || k == "read_only" || k == "readonly") && (v == "off" || v == "false"):
+			d.ReadOnly = false
+		case k == "id" && ok:
+			d.ID = v
+		default:
+			return d, fmt.Errorf("%q: unknown part %q (expected path=IMAGE[,ro][,id=SERIAL])", s, part)
+		}
+	}
+	if d.Path == "" {
+		return d, fmt.Errorf("%q: no image path (expected path=IMAGE[,ro][,id=SERIAL])", s)
+	}
+	return d, nil
 }
 
 // Flavours are the Debian kernel flavours "debian:<flavour>" accepts.
@@ -116,6 +169,14 @@ func Parse(data []byte, name string) (*VM, error) {
 		return nil, decodeError(name, data, err)
 	}
 	v.Source = name
+	// Relative image paths are the config file's neighbours.
+	if name != "default" {
+		for i := range v.Drives {
+			if p := v.Drives[i].Path; p != "" && !filepath.IsAbs(p) {
+				v.Drives[i].Path = filepath.Join(filepath.Dir(name), p)
+			}
+		}
+	}
 	return v, nil
 }
 
@@ -208,7 +269,54 @@ func (v *VM) Validate() error {
 	if v.Run.Timeout < 0 {
 		return bad("run.timeout", "%s must not be negative", time.Duration(v.Run.Timeout))
 	}
+	if len(v.Drives) > MaxDrives {
+		return bad("drive", "%d drives (at most %d)", len(v.Drives), MaxDrives)
+	}
+	seen := map[string]int{}
+	for i, d := range v.Drives {
+		key := fmt.Sprintf("drive[%d]", i)
+		if err := checkImage(d); err != nil {
+			return bad(key+".path", "%v", err)
+		}
+		if len(d.ID) > 20 || strings.IndexFunc(d.ID, func(r rune) bool { return r < 0x21 || r > 0x7e }) >= 0 {
+			return bad(key+".id", "%q (expected at most 20 printable ASCII characters, no spaces)", d.ID)
+		}
+		if st, err := os.Stat(d.Path); err == nil {
+			id := fmt.Sprintf("%d:%d", st.Sys().(*syscall.Stat_t).Dev, st.Sys().(*syscall.Stat_t).Ino)
+			if j, dup := seen[id]; dup {
+				return bad(key+".path", "%s is also drive[%d] (one image, one drive)", d.Path, j)
+			}
+			seen[id] = i
+		}
+	}
 	return nil
+}
+
+// checkImage checks that a drive's image is a regular file ember may open
+// as the drive needs (read-write unless read-only).
+func checkImage(d Drive) error {
+	if d.Path == "" {
+		return errors.New("empty (expected a raw disk image file)")
+	}
+	st, err := os.Stat(d.Path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s: no such file (create one with e.g. truncate -s 1G %s)", d.Path, d.Path)
+		}
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s: not a regular file (a raw disk image is expected)", d.Path)
+	}
+	mode := os.O_RDWR
+	if d.ReadOnly {
+		mode = os.O_RDONLY
+	}
+	f, err := os.OpenFile(d.Path, mode, 0)
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 func checkKernel(k string) error {

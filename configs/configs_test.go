@@ -25,10 +25,49 @@ func TestExamplesLoad(t *testing.T) {
 	for _, f := range files {
 		v, err := Load(f)
 		if err == nil {
+			// The drives an example names are the user's to create.
+			for _, d := range v.Drives {
+				if _, serr := os.Stat(d.Path); serr != nil {
+					if werr := os.WriteFile(d.Path, nil, 0o644); werr != nil {
+						t.Fatal(werr)
+					}
+					defer os.Remove(d.Path)
+				}
+			}
 			err = v.Validate()
 		}
 		if err != nil {
 			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+func TestDrives(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "vm.toml")
+	os.WriteFile(cfg, []byte("[[drive]]\npath = \"a.img\"\n[[drive]]\npath = \"/abs/b.img\"\nread_only = true\nid = \"b\"\n[rng]\n"), 0o644)
+	v, err := Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Drives) != 2 || v.Drives[0].Path != filepath.Join(dir, "a.img") || v.Drives[1].Path != "/abs/b.img" || !v.Drives[1].ReadOnly || v.RNG == nil {
+		t.Fatalf("decoded %+v rng %v", v.Drives, v.RNG)
+	}
+	for in, want := range map[string]Drive{
+		"disk.img":                 {Path: "disk.img"},
+		"path=a.img,ro":            {Path: "a.img", ReadOnly: true},
+		"path=a.img,ro=off,id=x-1": {Path: "a.img", ID: "x-1"},
+		"path=a,b.img,read_only":   {},
+	} {
+		got, err := ParseDrive(in)
+		if want == (Drive{}) {
+			if err == nil {
+				t.Errorf("%q accepted as %+v", in, got)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("%q: %+v %v, want %+v", in, got, err, want)
 		}
 	}
 }

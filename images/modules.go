@@ -15,8 +15,9 @@ import (
 
 // l2Modules go into the default image when the flavour has them (absent
 // ones are skipped): virtio over MMIO with its block, network, entropy,
-// vsock and 9p drivers, and ext4 for block devices. Dependencies come from
-// modules.dep.
+// vsock and 9p drivers, and ext4 for block devices with the crc32c it
+// loads by name (metadata checksums; not in modules.dep, and built in on
+// some flavours only). Dependencies come from modules.dep.
 var l2Modules = []string{
 	"drivers/virtio/virtio_mmio.ko",
 	"drivers/block/virtio_blk.ko",
@@ -26,6 +27,7 @@ var l2Modules = []string{
 	"net/9p/9pnet_virtio.ko",
 	"fs/9p/9p.ko",
 	"fs/ext4/ext4.ko",
+	"crypto/crc32c_generic.ko",
 }
 
 // l1Modules give --accel nested's L1 guest /dev/kvm (AMD SVM, which QEMU's

@@ -61,6 +61,17 @@ func TestInputErrors(t *testing.T) {
 			[]string{"random.bin", "not a Linux kernel"}},
 		{"truncated bzImage", []string{"run", "--kernel", truncated, "--initrd", "none"},
 			[]string{"truncated-bzImage", "truncated"}},
+		{"missing drive image", []string{"run", "--drive", "path=" + filepath.Join(dir, "disk-missing.img")},
+			[]string{"drive[0].path", "disk-missing.img", "no such file"}},
+		{"drive image is a directory", []string{"run", write("d.toml", "[[drive]]\npath = \""+dir+"\"\n")},
+			[]string{"d.toml", "drive[0].path", "not a regular file"}},
+		{"bad drive flag", []string{"run", "--drive", "path=x.img,speed=fast"}, []string{"--drive", "speed=fast"}},
+		{"drive serial too long", []string{"run", "--drive", "path=" + randomKernel + ",id=abcdefghijklmnopqrstuvwxyz"},
+			[]string{"drive[0].id", "20"}},
+		{"same image twice", []string{"run", "--drive", randomKernel, "--drive", randomKernel + ",ro"},
+			[]string{"drive[1].path", "drive[0]"}},
+		{"unknown drive key", []string{"run", write("dk.toml", "[[drive]]\npath = \"x.img\"\nsize = 1\n")},
+			[]string{"dk.toml:3", "size"}},
 	}
 	before := leftovers(t)
 	for _, c := range cases {

@@ -152,3 +152,26 @@ func childNamed(t *testing.T, pid int, name string) int {
 	t.Fatalf("no child %s of %d", name, pid)
 	return 0
 }
+
+// TestNestedDrives: drive images on the host reach the VM that runs in
+// L1; the guest's writes land in the host's file and the read-only drive
+// stays read-only.
+func TestNestedDrives(t *testing.T) {
+	needNested(t)
+	disk := diskImage(t, 32<<20, true)
+	ro := diskImage(t, 1<<20, false)
+	r := ember(t, nestedLimit, "run", "--accel", "nested", "--json", "--cache-dir", env.cacheDir,
+		"--drive", "path="+disk, "--drive", "path="+ro+",ro", "--rng", "--", "sh", "-c",
+		"mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && echo through-l1 > /mnt/f && umount /mnt && cat /sys/block/vdb/ro && wc -c < /dev/hwrng")
+	wantCode(t, r, 0)
+	out, err := exec.Command("debugfs", "-R", "cat /f", disk).Output()
+	if err != nil || !strings.Contains(string(out), "through-l1") {
+		t.Fatalf("host image lacks the guest's file: %v %q\nstdout:\n%s", err, out, r.stdout)
+	}
+	if !strings.Contains(r.stdout, "1\n") {
+		t.Fatalf("vdb is not read-only in the guest:\n%s", r.stdout)
+	}
+	if dev, _ := report(t, r)["devices"].(map[string]any); dev["blk0"] == nil || dev["rng"] == nil {
+		t.Fatalf("report lacks device counters: %v", dev)
+	}
+}

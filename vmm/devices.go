@@ -53,6 +53,9 @@ func (m *Machine) attachDevices() error {
 		platform.RTC:  rtc.New(),
 		platform.POST: sink{},
 	}
+	if err := m.attachVirtio(impl); err != nil {
+		return err
+	}
 	for _, d := range m.plat.Devices() {
 		dev, ok := impl[d.Name]
 		if !ok {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ember-vmm/ember/boot"
 	"github.com/ember-vmm/ember/devices/serial"
+	"github.com/ember-vmm/ember/devices/virtio/blk"
 	"github.com/ember-vmm/ember/vmm/bus"
 	"github.com/ember-vmm/ember/vmm/kvm"
 	"github.com/ember-vmm/ember/vmm/memory"
@@ -46,6 +47,11 @@ type Config struct {
 	// an io.Closer, Run closes it when the VM ends, and its Read must
 	// return then.
 	Input io.Reader
+	// Drives are virtio-blk disks in the guest's order (vda, vdb, ...).
+	Drives []blk.Options
+	// RNG adds a virtio entropy device.
+	RNG bool
+
 	// ConsoleDrain bounds the wait, when the VM ends, for output still on
 	// its way to Console (default 2s).
 	ConsoleDrain time.Duration
@@ -96,6 +102,7 @@ type Machine struct {
 	lines     []*irqLine
 	console   *consoleOut
 	uart      *serial.UART
+	virtio    []*virtioDev
 
 	mu         sync.Mutex
 	state      int
@@ -126,6 +133,9 @@ func layout(cfg Config) (*platform.Platform, boot.Params, error) {
 		return nil, p, fmt.Errorf("memory %d: must be a positive multiple of %d", cfg.Memory, memory.PageSize)
 	}
 	plat := platform.New()
+	if err := addVirtio(plat, cfg); err != nil {
+		return nil, p, err
+	}
 	p = boot.Params{
 		Kernel: cfg.Kernel, Cmdline: fullCmdline(plat, cfg.Cmdline), CPUs: cfg.CPUs,
 		RAM: platform.RAM(cfg.Memory), Platform: plat.Boot(),
@@ -173,7 +183,7 @@ func Check(cfg Config) error {
 // New creates the VM, loads the kernel and initrd, and attaches the
 // devices. It starts nothing; on any error everything already created is
 // released.
-func New(cfg Config) (m *Machine, err error) {
+func New(cfg Config) (_ *Machine, err error) {
 	plat, bp, err := layout(cfg)
 	if err != nil {
 		return nil, err
@@ -181,20 +191,26 @@ func New(cfg Config) (m *Machine, err error) {
 	if err := boot.Check(bp); err != nil {
 		return nil, err
 	}
-	m = &Machine{cfg: cfg, log: cfg.Log, start: time.Now(), plat: plat,
+	m := &Machine{cfg: cfg, log: cfg.Log, start: time.Now(), plat: plat,
 		endCh: make(chan struct{}), runDone: make(chan struct{}),
 		probeCh: make(chan vcpuState, cfg.CPUs), haltCh: make(chan struct{}, 1)}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
 	m.glog = ratelimit.NewLogger(m.log, guestLogBurst, guestLogInterval)
+	// Every error return below releases what was built so far (m stays
+	// set: the result, not m, becomes nil).
 	defer func() {
 		if err != nil {
 			m.Close()
-			m = nil
 		}
 	}()
 
+	// Drive images first: a missing or locked image is the user's
+	// mistake, reported before KVM is touched.
+	if err := m.openVirtio(); err != nil {
+		return nil, err
+	}
 	path := cfg.KVMPath
 	if path == "" {
 		path = "/dev/kvm"
@@ -417,6 +433,7 @@ func (m *Machine) Close() error {
 	for _, c := range m.vcpus {
 		errs = append(errs, c.Close())
 	}
+	errs = append(errs, m.closeVirtio())
 	for _, l := range m.lines {
 		errs = append(errs, l.close(m.vm))
 	}

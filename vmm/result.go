@@ -43,6 +43,8 @@ type Result struct {
 	Panic string
 	// Exits counts VM exits by reason name.
 	Exits map[string]uint64
+	// Devices holds each virtio device's counters by device name.
+	Devices map[string]map[string]uint64
 	// Unclaimed counts guest accesses no device handled.
 	Unclaimed uint64
 	// ConsoleDropped counts guest console bytes that never reached the

@@ -104,6 +104,7 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 			g.Go(fmt.Sprintf("gsi %d resample", l.gsi), l.resample)
 		}
 	}
+	m.startVirtio(g)
 	g.Go("watchdog", func() error { return m.watch(ctx) })
 	err := g.Wait()
 
@@ -125,6 +126,7 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 		e.mergeInto(r.Exits)
 	}
 	r.Unclaimed = m.pio.Unclaimed() + m.mmio.Unclaimed()
+	r.Devices = m.deviceStats()
 	r.ConsoleDropped = m.console.Dropped()
 	if r.Outcome == OutcomeError {
 		if r.Err == nil {

@@ -3,6 +3,7 @@ package vmm
 import (
 	"bytes"
 	"errors"
+	"github.com/ember-vmm/ember/devices/virtio/blk"
 	"io"
 	"os"
 	"path/filepath"
@@ -177,5 +178,24 @@ func TestCheck(t *testing.T) {
 		if err := Check(c); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// TestNewBadDrive: a drive that cannot be opened fails New before KVM is
+// touched, and releasing the half-built machine is clean.
+func TestNewBadDrive(t *testing.T) {
+	k := testKernel(t, []byte{0xf4})
+	_, err := New(Config{Kernel: k, CPUs: 1, Memory: 64 << 20, KVMPath: "/nonexistent/kvm",
+		Drives: []blk.Options{{Path: filepath.Join(t.TempDir(), "missing.img")}}})
+	if err == nil || !strings.Contains(err.Error(), "drive 0") || !strings.Contains(err.Error(), "missing.img") {
+		t.Fatalf("New: %v, want an error naming drive 0 and its image", err)
+	}
+}
+
+// TestNewNoKVM: New fails cleanly (no panic) when KVM cannot be opened.
+func TestNewNoKVM(t *testing.T) {
+	_, err := New(Config{Kernel: testKernel(t, []byte{0xf4}), CPUs: 1, Memory: 64 << 20, KVMPath: "/nonexistent/kvm"})
+	if err == nil {
+		t.Fatal("New without KVM succeeded")
 	}
 }

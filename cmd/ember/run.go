@@ -24,6 +24,8 @@ type runFlags struct {
 	resultFile                             string
 	kvmPath                                string
 	nestedStall                            time.Duration
+	drives                                 []string
+	rng                                    bool
 }
 
 // reportWriteLimit bounds the wait for a stalled stdout to take the JSON
@@ -47,6 +49,7 @@ file, no accelerator); 127 the guest init could not start the command;
 		Example: `  ember run
   ember run -- uname -a
   ember run vm.toml --cpus 2 --memory 1G -- sh -c 'exit 42'
+  ember run --drive path=disk.img --drive path=base.img,ro --rng -- ls -l /dev/vda /dev/vdb
   ember run --kernel debian:amd64 --accel nested --json -- true`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if n := cmd.ArgsLenAtDash(); n > 1 || (n < 0 && len(args) > 1) {
@@ -68,6 +71,8 @@ file, no accelerator); 127 the guest init could not start the command;
 	fl.StringVar(&f.accel, "accel", "", "accelerator: auto, kvm or nested")
 	fl.DurationVar(&f.timeout, "timeout", 0, "stop the guest after this long (e.g. 30s); exit status 124")
 	fl.StringArrayVar(&f.env, "env", nil, "KEY=VALUE for the guest command (repeatable)")
+	fl.StringArrayVar(&f.drives, "drive", nil, "virtio disk: path=IMAGE[,ro][,id=SERIAL] (repeatable; adds to the config's drives)")
+	fl.BoolVar(&f.rng, "rng", false, "give the guest a virtio entropy device (/dev/hwrng)")
 	fl.BoolVar(&f.json, "json", false, "print a JSON result on stdout when the VM ends")
 	addHiddenRunFlags(cmd, f)
 	_ = cmd.RegisterFlagCompletionFunc("accel", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
@@ -255,6 +260,16 @@ func applyFlags(cmd *cobra.Command, cfg *configs.VM, f *runFlags) error {
 	}
 	if fl.Changed("env") {
 		cfg.Run.Env = append(cfg.Run.Env, f.env...)
+	}
+	for _, d := range f.drives {
+		drive, err := configs.ParseDrive(d)
+		if err != nil {
+			return fmt.Errorf("--drive %w", err)
+		}
+		cfg.Drives = append(cfg.Drives, drive)
+	}
+	if f.rng {
+		cfg.RNG = &configs.RNG{}
 	}
 	if cfg.Source == "" {
 		cfg.Source = "flags"

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ember-vmm/ember/boot"
 	"github.com/ember-vmm/ember/configs"
+	"github.com/ember-vmm/ember/devices/virtio/blk"
 	"github.com/ember-vmm/ember/guest/proto"
 	"github.com/ember-vmm/ember/images"
 	"github.com/ember-vmm/ember/vmm"
@@ -73,24 +74,27 @@ type Options struct {
 
 // Report is what a run produced; it is also the --json output.
 type Report struct {
-	Accel          string            `json:"accel"`
-	Outcome        vmm.Outcome       `json:"outcome"`
-	Reason         string            `json:"reason,omitempty"`
-	ExitStatus     int               `json:"exit_status"`
-	GuestStatus    *int              `json:"guest_status,omitempty"`
-	BootMS         float64           `json:"boot_ms"`
-	CommandMS      float64           `json:"command_start_ms,omitempty"`
-	WallMS         float64           `json:"wall_ms"`
-	Panic          string            `json:"panic,omitempty"`
-	Message        string            `json:"message,omitempty"`
-	Kernel         string            `json:"kernel"`
-	Initrd         string            `json:"initrd,omitempty"`
-	CPUs           int               `json:"cpus"`
-	MemoryMiB      uint64            `json:"memory_mib"`
-	Exits          map[string]uint64 `json:"exits,omitempty"`
-	Unclaimed      uint64            `json:"unclaimed_accesses,omitempty"`
-	ConsoleDropped uint64            `json:"console_dropped_bytes,omitempty"`
-	L1BootMS       float64           `json:"l1_boot_ms,omitempty"`
+	Accel       string            `json:"accel"`
+	Outcome     vmm.Outcome       `json:"outcome"`
+	Reason      string            `json:"reason,omitempty"`
+	ExitStatus  int               `json:"exit_status"`
+	GuestStatus *int              `json:"guest_status,omitempty"`
+	BootMS      float64           `json:"boot_ms"`
+	CommandMS   float64           `json:"command_start_ms,omitempty"`
+	WallMS      float64           `json:"wall_ms"`
+	Panic       string            `json:"panic,omitempty"`
+	Message     string            `json:"message,omitempty"`
+	Kernel      string            `json:"kernel"`
+	Initrd      string            `json:"initrd,omitempty"`
+	CPUs        int               `json:"cpus"`
+	MemoryMiB   uint64            `json:"memory_mib"`
+	Exits       map[string]uint64 `json:"exits,omitempty"`
+	// Devices are per-device counters (requests, bytes, errors, guest
+	// faults, interrupts) of the virtio devices.
+	Devices        map[string]map[string]uint64 `json:"devices,omitempty"`
+	Unclaimed      uint64                       `json:"unclaimed_accesses,omitempty"`
+	ConsoleDropped uint64                       `json:"console_dropped_bytes,omitempty"`
+	L1BootMS       float64                      `json:"l1_boot_ms,omitempty"`
 }
 
 // Plan is a fully resolved VM: files instead of "debian:" names, the
@@ -104,6 +108,9 @@ type Plan struct {
 	Memory      uint64    `json:"memory"`
 	Run         proto.Run `json:"run"`
 	Interactive bool      `json:"interactive,omitempty"`
+	// Drives are the virtio-blk disks (absolute image paths).
+	Drives []blk.Options `json:"drives,omitempty"`
+	RNG    bool          `json:"rng,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -124,6 +131,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	p := &Plan{Kernel: kernel, Initrd: initrd, Cmdline: cfg.Boot.Cmdline, CPUs: cfg.Machine.CPUs,
 		Memory: uint64(cfg.Machine.Memory), Run: proto.Run{Env: cfg.Run.Env}, Interactive: o.Interactive}
+	if p.Drives, err = drives(cfg); err != nil {
+		return nil, err
+	}
+	p.RNG = cfg.RNG != nil
 	switch {
 	case len(o.Command) > 0:
 		p.Run.Args = o.Command
@@ -163,6 +174,52 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	defer k.Close()
 	return runKVM(ctx, o, p, k, extra, in)
+}
+
+// drives turns the config's [[drive]] tables into device options with
+// absolute paths (the nested path shares them by path).
+func drives(cfg *configs.VM) ([]blk.Options, error) {
+	var out []blk.Options
+	for i, d := range cfg.Drives {
+		abs, err := filepath.Abs(d.Path)
+		if err != nil {
+			return nil, fmt.Errorf("drive[%d].path: %w", i, err)
+		}
+		id := d.ID
+		if id == "" {
+			id = fmt.Sprintf("ember%d", i)
+		}
+		out = append(out, blk.Options{Path: abs, ReadOnly: d.ReadOnly, Serial: id})
+	}
+	return out, nil
+}
+
+// lockDrives opens and locks the plan's images on this host, as the VM
+// will, so a busy image is refused before an L1 guest boots; the locks
+// are held until release is called.
+func lockDrives(p *Plan, log *slog.Logger) (release func(), mounts []proto.NestedMount, err error) {
+	var held []*blk.Device
+	release = func() {
+		for _, d := range held {
+			_ = d.Close()
+		}
+	}
+	dirs := map[string]bool{}
+	for i, o := range p.Drives {
+		d, err := blk.Open(o, log)
+		if err != nil {
+			release()
+			return nil, nil, fmt.Errorf("drive %d: %w", i, err)
+		}
+		held = append(held, d)
+		// L1 sees the host's root read-only; a writable image's directory
+		// is shared read-write at the same path.
+		if dir := filepath.Dir(o.Path); !o.ReadOnly && !dirs[dir] {
+			dirs[dir] = true
+			mounts = append(mounts, proto.NestedMount{Path: dir})
+		}
+	}
+	return release, mounts, nil
 }
 
 // input is the console input of an interactive plan, or nil.
@@ -209,7 +266,8 @@ func (p *Plan) check() (*boot.Kernel, []byte, error) {
 }
 
 func (p *Plan) vmmConfig(k *boot.Kernel, extra []byte) vmm.Config {
-	return vmm.Config{Kernel: k, Initrd: p.Initrd, Extra: extra, Cmdline: p.Cmdline, CPUs: p.CPUs, Memory: p.Memory}
+	return vmm.Config{Kernel: k, Initrd: p.Initrd, Extra: extra, Cmdline: p.Cmdline, CPUs: p.CPUs, Memory: p.Memory,
+		Drives: p.Drives, RNG: p.RNG}
 }
 
 func pickAccel(want string, o Options) (string, error) {
@@ -311,7 +369,7 @@ func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byt
 		Accel: AccelKVM, Outcome: res.Outcome, Reason: res.Reason, BootMS: ms(res.BootTime), CommandMS: ms(res.CommandStart),
 		WallMS: ms(res.Wall), Panic: res.Panic, Kernel: p.Kernel, Initrd: p.Initrd,
 		CPUs: p.CPUs, MemoryMiB: p.Memory >> 20, Exits: res.Exits,
-		Unclaimed: res.Unclaimed, ConsoleDropped: res.ConsoleDropped,
+		Unclaimed: res.Unclaimed, ConsoleDropped: res.ConsoleDropped, Devices: res.Devices,
 	}
 	finish(rep, res)
 	if res.Outcome == vmm.OutcomeCanceled && quit.Load() {
@@ -402,11 +460,20 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in 
 	if in != nil {
 		stdin = in
 	}
+	release, mounts, err := lockDrives(p, o.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	files := []string{p.Kernel, p.Initrd}
+	for _, d := range p.Drives {
+		files = append(files, d.Path)
+	}
 	res, err := nested.Run(ctx, nested.Options{
-		Kernel: l1k.Path, Initrd: l1i, Args: args, Dir: dir,
+		Kernel: l1k.Path, Initrd: l1i, Args: args, Dir: dir, Mounts: mounts,
 		CPUs: L1CPUs, MemoryMiB: L1MemoryMiB(p.Memory),
 		Stdin: stdin, Stdout: o.Stdout, Stderr: o.Stderr, Log: o.Log,
-		Files:   []string{p.Kernel, p.Initrd},
+		Files:   files,
 		IOFiles: map[string][]byte{planFile: plan}, Stall: o.NestedStall,
 	})
 	base.WallMS = ms(time.Since(start))

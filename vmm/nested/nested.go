@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -340,6 +341,11 @@ func (o Options) withDefaults() (Options, error) {
 		}
 	}
 	o.Mounts = append(o.Mounts, overlaidPaths(o.Mounts, need...)...)
+	// L1 mounts them in order: a directory before anything inside it, or
+	// the outer share would hide the inner one.
+	slices.SortStableFunc(o.Mounts, func(a, b proto.NestedMount) int {
+		return strings.Count(filepath.Clean(a.Path), "/") - strings.Count(filepath.Clean(b.Path), "/")
+	})
 	mounts := make([]proto.NestedMount, len(o.Mounts))
 	tags := map[string]bool{rootTag: true, ioTag: true}
 	for i, m := range o.Mounts {

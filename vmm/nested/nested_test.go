@@ -499,3 +499,33 @@ func TestSweepTemp(t *testing.T) {
 		t.Error("a live ember's directory was removed")
 	}
 }
+
+// TestMountOrder: a read-write share inside a directory that is itself
+// shared (the working directory under /tmp, say) is mounted after it, so
+// it is not hidden.
+func TestMountOrder(t *testing.T) {
+	o := testOptions(t)
+	dir := t.TempDir()
+	inner := filepath.Join(dir, "images")
+	if err := os.Mkdir(inner, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	o.Dir = dir
+	o.Mounts = []proto.NestedMount{{Path: inner}}
+	o, err := o.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outer, in := -1, -1
+	for i, m := range o.Mounts {
+		switch m.Path {
+		case dir:
+			outer = i
+		case inner:
+			in = i
+		}
+	}
+	if outer < 0 || in < 0 || outer > in {
+		t.Fatalf("mounts %+v: want %s before %s", o.Mounts, dir, inner)
+	}
+}

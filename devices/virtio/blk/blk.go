@@ -57,10 +57,10 @@ const (
 
 // Options describe one drive.
 type Options struct {
-	Path     string
-	ReadOnly bool
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"read_only,omitempty"`
 	// Serial is what GET_ID returns (at most IDLen bytes).
-	Serial string
+	Serial string `json:"serial,omitempty"`
 }
 
 // ErrLocked reports an image another process holds.
