@@ -32,6 +32,8 @@ type VM struct {
 	Drives []Drive `toml:"drive"`
 	// RNG, when present ([rng]), gives the guest a virtio entropy device.
 	RNG *RNG `toml:"rng"`
+	// Vsock, when present ([vsock]), gives the guest a virtio-vsock device.
+	Vsock *Vsock `toml:"vsock"`
 	// Source is the file the config came from ("default" for the built-in).
 	Source string `toml:"-"`
 }
@@ -77,6 +79,38 @@ type Drive struct {
 
 // RNG is the virtio entropy device (it has no settings).
 type RNG struct{}
+
+// Vsock is a virtio-vsock device whose host side is a unix socket: host
+// programs connect to UDS and write "CONNECT <port>\n"; guest connections
+// to host port P reach a listener on "<UDS>_<P>".
+type Vsock struct {
+	// CID is the guest's context ID (3 or more).
+	CID uint32 `toml:"cid"`
+	// UDS is the socket ember creates (it must not exist); a relative
+	// path in a config file is relative to the file's directory.
+	UDS string `toml:"uds"`
+}
+
+// ParseVsock parses the --vsock flag: "cid=N,uds=PATH".
+func ParseVsock(s string) (Vsock, error) {
+	var v Vsock
+	for _, part := range strings.Split(s, ",") {
+		k, val, _ := strings.Cut(part, "=")
+		switch k {
+		case "cid":
+			n, err := strconv.ParseUint(val, 10, 32)
+			if err != nil {
+				return v, fmt.Errorf("%q: cid %q is not a number", s, val)
+			}
+			v.CID = uint32(n)
+		case "uds", "path":
+			v.UDS = val
+		default:
+			return v, fmt.Errorf("%q: unknown part %q (expected cid=N,uds=PATH)", s, part)
+		}
+	}
+	return v, nil
+}
 
 // MaxDrives bounds the drives of one VM (each takes an interrupt line).
 const MaxDrives = 16
@@ -169,12 +203,18 @@ func Parse(data []byte, name string) (*VM, error) {
 		return nil, decodeError(name, data, err)
 	}
 	v.Source = name
-	// Relative image paths are the config file's neighbours.
+	// Relative image and socket paths are the config file's neighbours.
 	if name != "default" {
-		for i := range v.Drives {
-			if p := v.Drives[i].Path; p != "" && !filepath.IsAbs(p) {
-				v.Drives[i].Path = filepath.Join(filepath.Dir(name), p)
+		rel := func(p *string) {
+			if *p != "" && !filepath.IsAbs(*p) {
+				*p = filepath.Join(filepath.Dir(name), *p)
 			}
+		}
+		for i := range v.Drives {
+			rel(&v.Drives[i].Path)
+		}
+		if v.Vsock != nil {
+			rel(&v.Vsock.UDS)
 		}
 	}
 	return v, nil
@@ -288,6 +328,34 @@ func (v *VM) Validate() error {
 			}
 			seen[id] = i
 		}
+	}
+	if v.Vsock != nil {
+		if err := checkVsock(*v.Vsock); err != nil {
+			return bad("vsock."+err.key, "%s", err.msg)
+		}
+	}
+	return nil
+}
+
+type keyError struct{ key, msg string }
+
+// checkVsock checks a vsock device's settings (what the device would
+// refuse when it opens).
+func checkVsock(v Vsock) *keyError {
+	if v.CID < 3 || v.CID == ^uint32(0) {
+		return &keyError{"cid", fmt.Sprintf("%d (expected 3 to 4294967294; 0-2 are reserved)", v.CID)}
+	}
+	switch {
+	case v.UDS == "":
+		return &keyError{"uds", "empty (expected the path of a unix socket for ember to create)"}
+	case len(v.UDS) > 100:
+		return &keyError{"uds", fmt.Sprintf("%s is too long for a unix socket (at most 100 bytes, leaving room for _PORT)", v.UDS)}
+	}
+	if _, err := os.Lstat(v.UDS); err == nil {
+		return &keyError{"uds", fmt.Sprintf("%s already exists (ember creates the socket; remove a stale one)", v.UDS)}
+	}
+	if st, err := os.Stat(filepath.Dir(v.UDS)); err != nil || !st.IsDir() {
+		return &keyError{"uds", fmt.Sprintf("%s: directory %s does not exist", v.UDS, filepath.Dir(v.UDS))}
 	}
 	return nil
 }

@@ -44,7 +44,7 @@ var urootCommands = []string{
 // initLinks are the names under which the multi-call guest init is also
 // reachable (it dispatches on argv[0]). They live in /bin, which precedes
 // u-root's /bbin in the guest's PATH.
-var initLinks = []string{"sh", "ember-info", "poweroff", "reboot", "halt", "shutdown"}
+var initLinks = []string{"sh", "ember-info", "ember-vsock", "poweroff", "reboot", "halt", "shutdown"}
 
 // Initramfs returns ember's default initramfs for k: u-root's core
 // commands, the guest init at /init and k's virtio/9p/ext4 modules with

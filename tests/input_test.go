@@ -72,6 +72,11 @@ func TestInputErrors(t *testing.T) {
 			[]string{"drive[1].path", "drive[0]"}},
 		{"unknown drive key", []string{"run", write("dk.toml", "[[drive]]\npath = \"x.img\"\nsize = 1\n")},
 			[]string{"dk.toml:3", "size"}},
+		{"vsock reserved cid", []string{"run", "--vsock", "cid=2,uds=" + filepath.Join(dir, "v.sock")}, []string{"vsock.cid", "reserved"}},
+		{"vsock socket exists", []string{"run", "--vsock", "cid=3,uds=" + randomKernel}, []string{"vsock.uds", "already exists"}},
+		{"vsock bad flag", []string{"run", "--vsock", "cid=three"}, []string{"--vsock", "three"}},
+		{"vsock through nested", []string{"run", "--accel", "nested", "--vsock", "cid=3,uds=" + filepath.Join(dir, "n.sock")},
+			[]string{"vsock", "--accel nested"}},
 	}
 	before := leftovers(t)
 	for _, c := range cases {

@@ -17,6 +17,7 @@ import (
 	"github.com/ember-vmm/ember/boot"
 	"github.com/ember-vmm/ember/devices/serial"
 	"github.com/ember-vmm/ember/devices/virtio/blk"
+	"github.com/ember-vmm/ember/devices/virtio/vsock"
 	"github.com/ember-vmm/ember/vmm/bus"
 	"github.com/ember-vmm/ember/vmm/kvm"
 	"github.com/ember-vmm/ember/vmm/memory"
@@ -51,6 +52,9 @@ type Config struct {
 	Drives []blk.Options
 	// RNG adds a virtio entropy device.
 	RNG bool
+	// Vsock adds a virtio-vsock device with its host side on a unix
+	// socket; nil for none.
+	Vsock *vsock.Options
 
 	// ConsoleDrain bounds the wait, when the VM ends, for output still on
 	// its way to Console (default 2s).

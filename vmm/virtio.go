@@ -8,6 +8,7 @@ import (
 	"github.com/ember-vmm/ember/devices/virtio"
 	"github.com/ember-vmm/ember/devices/virtio/blk"
 	"github.com/ember-vmm/ember/devices/virtio/rng"
+	"github.com/ember-vmm/ember/devices/virtio/vsock"
 	"github.com/ember-vmm/ember/vmm/bus"
 	"github.com/ember-vmm/ember/vmm/eventfd"
 	"github.com/ember-vmm/ember/vmm/kvm"
@@ -35,6 +36,9 @@ func virtioNames(cfg Config) []string {
 	if cfg.RNG {
 		names = append(names, "rng")
 	}
+	if cfg.Vsock != nil {
+		names = append(names, "vsock")
+	}
 	return names
 }
 
@@ -50,6 +54,13 @@ func (m *Machine) openVirtio() error {
 	}
 	if m.cfg.RNG {
 		m.virtio = append(m.virtio, &virtioDev{name: "rng", dev: rng.New(nil)})
+	}
+	if o := m.cfg.Vsock; o != nil {
+		d, err := vsock.Open(*o, m.devLog("vsock"))
+		if err != nil {
+			return fmt.Errorf("vsock: %w", err)
+		}
+		m.virtio = append(m.virtio, &virtioDev{name: "vsock", dev: d, closer: d.Close})
 	}
 	return nil
 }

@@ -26,6 +26,7 @@ type runFlags struct {
 	nestedStall                            time.Duration
 	drives                                 []string
 	rng                                    bool
+	vsock                                  string
 }
 
 // reportWriteLimit bounds the wait for a stalled stdout to take the JSON
@@ -73,6 +74,7 @@ file, no accelerator); 127 the guest init could not start the command;
 	fl.StringArrayVar(&f.env, "env", nil, "KEY=VALUE for the guest command (repeatable)")
 	fl.StringArrayVar(&f.drives, "drive", nil, "virtio disk: path=IMAGE[,ro][,id=SERIAL] (repeatable; adds to the config's drives)")
 	fl.BoolVar(&f.rng, "rng", false, "give the guest a virtio entropy device (/dev/hwrng)")
+	fl.StringVar(&f.vsock, "vsock", "", "virtio-vsock: cid=N,uds=PATH (host connects to PATH, writes \"CONNECT <port>\\n\"; guest reaches PATH_<port>)")
 	fl.BoolVar(&f.json, "json", false, "print a JSON result on stdout when the VM ends")
 	addHiddenRunFlags(cmd, f)
 	_ = cmd.RegisterFlagCompletionFunc("accel", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
@@ -270,6 +272,13 @@ func applyFlags(cmd *cobra.Command, cfg *configs.VM, f *runFlags) error {
 	}
 	if f.rng {
 		cfg.RNG = &configs.RNG{}
+	}
+	if fl.Changed("vsock") {
+		v, err := configs.ParseVsock(f.vsock)
+		if err != nil {
+			return fmt.Errorf("--vsock %w", err)
+		}
+		cfg.Vsock = &v
 	}
 	if cfg.Source == "" {
 		cfg.Source = "flags"

@@ -56,6 +56,9 @@ type Activation struct {
 	// Interrupt raises the used-buffer interrupt for queue i if the
 	// driver wants one for what was pushed.
 	Interrupt func(i int)
+	// Kick wakes queue i's worker as a driver notification would, for
+	// work that arrives from the host side (a socket with data).
+	Kick func(i int)
 	// Fault reports that the guest broke the rules: the device stops and
 	// is marked DEVICE_NEEDS_RESET.
 	Fault func(err error)

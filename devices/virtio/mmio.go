@@ -364,6 +364,7 @@ func (t *MMIO) activate() error {
 		Features:  t.drvFeat,
 		Notified:  t.notified,
 		Interrupt: t.interrupt,
+		Kick:      func(i int) { _ = t.notify[i].Signal() },
 		Fault: func(err error) {
 			t.guestFault("virtio: %v", err)
 			t.markNeedsReset()

@@ -10,7 +10,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"sync/atomic"
+
+	"github.com/ember-vmm/ember/vmm/memory"
 )
 
 // Memory is guest RAM as the queue needs it: Slice returns the n bytes at
@@ -66,7 +67,6 @@ type Queue struct {
 	lastAvail         uint16 // next avail entry the device consumes
 	usedIdx           uint16 // next used entry the device fills
 	signalled         uint16 // used index at the last interrupt decision
-	fence             atomic.Uint32
 }
 
 // NewQueue returns a queue over mem with no rings yet.
@@ -84,14 +84,17 @@ func (q *Queue) Activate(max uint16, eventIdx, indirect bool) error {
 	case q.Desc%16 != 0 || q.Avail%2 != 0 || q.Used%4 != 0:
 		return fmt.Errorf("%w: rings at %#x/%#x/%#x are misaligned", ErrQueueLayout, q.Desc, q.Avail, q.Used)
 	}
+	// The ring indices are accessed through their aligned 32-bit words
+	// (memory.Load16): the views reach to the next multiple of four,
+	// which with aligned rings is still inside the same RAM region.
 	var err error
 	if q.desc, err = q.mem.Slice(q.Desc, descSize*n); err != nil {
 		return fmt.Errorf("%w: descriptor table: %w", ErrQueueLayout, err)
 	}
-	if q.avail, err = q.mem.Slice(q.Avail, 6+2*n); err != nil {
+	if q.avail, err = q.mem.Slice(q.Avail, pad4(q.Avail, 6+2*n)); err != nil {
 		return fmt.Errorf("%w: available ring: %w", ErrQueueLayout, err)
 	}
-	if q.used, err = q.mem.Slice(q.Used, 6+8*n); err != nil {
+	if q.used, err = q.mem.Slice(q.Used, pad4(q.Used, 6+8*n)); err != nil {
 		return fmt.Errorf("%w: used ring: %w", ErrQueueLayout, err)
 	}
 	q.eventIdx, q.indirect = eventIdx, indirect
@@ -109,14 +112,14 @@ func (q *Queue) Reset() {
 	q.lastAvail, q.usedIdx, q.signalled = 0, 0, 0
 }
 
-// barrier is a full memory barrier (a locked instruction on x86) that the
-// compiler does not move loads or stores across: it orders our ring
-// accesses against the driver on another CPU.
-func (q *Queue) barrier() { q.fence.Add(1) }
+// pad4 is n grown so that start+n is a multiple of four.
+func pad4(start, n uint64) uint64 { return (start+n+3)&^3 - start }
 
-func le16(b []byte) uint16        { return binary.LittleEndian.Uint16(b) }
-func put16(b []byte, v uint16)    { binary.LittleEndian.PutUint16(b, v) }
-func (q *Queue) availIdx() uint16 { return le16(q.avail[2:4]) }
+func le16(b []byte) uint16 { return binary.LittleEndian.Uint16(b) }
+
+// availIdx is the driver's avail index, read atomically: the ring entries
+// it publishes are read after it (§2.7.13).
+func (q *Queue) availIdx() uint16 { return memory.Load16(q.avail, 2) }
 
 // Pending reports whether the driver has made buffers available that the
 // device has not taken yet.
@@ -139,7 +142,6 @@ func (q *Queue) Pop() (*Chain, error) {
 		// Ask for a notification at the next buffer, then look again: the
 		// driver may have added one before it could see our request.
 		q.setAvailEvent(q.lastAvail)
-		q.barrier()
 		idx = q.availIdx()
 	}
 	if idx == q.lastAvail {
@@ -148,8 +150,6 @@ func (q *Queue) Pop() (*Chain, error) {
 	if idx-q.lastAvail > q.Size {
 		return nil, fmt.Errorf("%w: avail index %d, device at %d, size %d", ErrAvailIndex, idx, q.lastAvail, q.Size)
 	}
-	// Read the ring entry only after the index that published it (§2.7.13).
-	q.barrier()
 	slot := uint64(q.lastAvail % q.Size)
 	head := le16(q.avail[4+2*slot:])
 	c := &Chain{Head: head}
@@ -219,10 +219,10 @@ func (q *Queue) Push(c *Chain, written uint32) {
 	e := q.used[4+8*slot : 4+8*slot+8]
 	binary.LittleEndian.PutUint32(e[0:], uint32(c.Head))
 	binary.LittleEndian.PutUint32(e[4:], written)
-	// The element must be visible before the index that publishes it.
-	q.barrier()
+	// The element is visible before the index that publishes it: the
+	// atomic store orders them.
 	q.usedIdx++
-	put16(q.used[2:4], q.usedIdx)
+	memory.Store16(q.used, 2, q.usedIdx)
 }
 
 // NeedsInterrupt reports whether the driver wants an interrupt for the
@@ -232,21 +232,21 @@ func (q *Queue) NeedsInterrupt() bool {
 	if !q.Ready() {
 		return false
 	}
-	// Our used index store must be visible before we read the driver's
-	// suppression state, or both sides can wait for each other.
-	q.barrier()
+	// Push's atomic store of the used index is a full barrier: the
+	// driver's suppression state is read after it, or both sides could
+	// wait for each other.
 	old, cur := q.signalled, q.usedIdx
 	q.signalled = cur
 	if q.eventIdx {
-		ev := le16(q.avail[4+2*uint64(q.Size):])
+		ev := memory.Load16(q.avail, 4+2*int(q.Size))
 		return cur-ev-1 < cur-old
 	}
-	return old != cur && le16(q.avail[0:2])&availNoInterrupt == 0
+	return old != cur && memory.Load16(q.avail, 0)&availNoInterrupt == 0
 }
 
 // setAvailEvent publishes avail_event (§2.7.10).
 func (q *Queue) setAvailEvent(v uint16) {
-	put16(q.used[4+8*uint64(q.Size):], v)
+	memory.Store16(q.used, 4+8*int(q.Size), v)
 }
 
 // SetNotify asks the driver to notify (or not) when it adds buffers, when
@@ -255,12 +255,11 @@ func (q *Queue) SetNotify(on bool) {
 	if !q.Ready() || q.eventIdx {
 		return
 	}
-	f := le16(q.used[0:2])
+	f := memory.Load16(q.used, 0)
 	if on {
 		f &^= usedNoNotify
 	} else {
 		f |= usedNoNotify
 	}
-	put16(q.used[0:2], f)
-	q.barrier()
+	memory.Store16(q.used, 0, f)
 }

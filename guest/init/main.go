@@ -2,8 +2,8 @@
 // filesystems, loads the kernel modules the image carries, runs the command
 // ember asked for (or a shell), reports its exit status to the host through
 // ember's control port and ends the VM. With proto.Run.Nested set it is the
-// L1 host of --accel nested instead. Called as ember-info, sh, poweroff,
-// reboot, halt or shutdown it does just that job.
+// L1 host of --accel nested instead. Called as ember-info, ember-vsock,
+// sh, poweroff, reboot, halt or shutdown it does just that job.
 package main
 
 import (
@@ -25,6 +25,8 @@ func main() {
 		}
 	case "sh":
 		os.Exit(shMain(os.Args[1:]))
+	case "ember-vsock":
+		os.Exit(vsockMain(os.Args[1:]))
 	case "poweroff", "halt", "reboot", "shutdown":
 		// Flags (-f, -n, now...) change nothing: the VM's life ends either
 		// way, and status 0 tells ember it was asked for.

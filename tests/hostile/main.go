@@ -9,6 +9,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
+	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -82,7 +85,45 @@ func main() {
 		n++
 	}
 	m := mmio(r)
-	fmt.Printf("hostile: done: %d ports, %d mmio accesses\n", n, m)
+	v := virtioWindows(r)
+	fmt.Printf("hostile: done: %d ports, %d mmio accesses, %d virtio register writes\n", n, m, v)
+}
+
+// virtioWindows unbinds the guest's virtio-mmio drivers (so /dev/mem may
+// map their windows) and writes garbage to the transports' registers with
+// the 32-bit accesses they take: status, feature and queue registers,
+// doorbells. ember must refuse or contain all of it.
+func virtioWindows(r *rand.Rand) int {
+	devs, _ := filepath.Glob("/sys/bus/platform/drivers/virtio-mmio/LNRO0005:*")
+	for _, d := range devs {
+		if err := os.WriteFile("/sys/bus/platform/drivers/virtio-mmio/unbind", []byte(filepath.Base(d)), 0); err != nil {
+			fmt.Fprintln(os.Stderr, "hostile: unbind", filepath.Base(d), err)
+		}
+	}
+	f, err := os.OpenFile("/dev/mem", os.O_RDWR|os.O_SYNC, 0)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hostile: /dev/mem:", err)
+		return 0
+	}
+	defer f.Close()
+	n := 0
+	for i := range len(devs) {
+		base := int64(0xd000_0000 + 0x1000*i)
+		mem, err := unix.Mmap(int(f.Fd()), base, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "hostile: mmap %#x: %v\n", base, err)
+			continue
+		}
+		for range 512 {
+			off := r.IntN(0x100/4) * 4
+			// A 32-bit MMIO store needs a pointer into the mapping.
+			atomic.StoreUint32((*uint32)(unsafe.Pointer(&mem[off])), r.Uint32())
+			_ = atomic.LoadUint32((*uint32)(unsafe.Pointer(&mem[r.IntN(0x100/4)*4])))
+			n++
+		}
+		unix.Munmap(mem)
+	}
+	return n
 }
 
 // mmio pokes guest-physical addresses where no device lives.

@@ -20,6 +20,7 @@ import (
 	"github.com/ember-vmm/ember/boot"
 	"github.com/ember-vmm/ember/configs"
 	"github.com/ember-vmm/ember/devices/virtio/blk"
+	"github.com/ember-vmm/ember/devices/virtio/vsock"
 	"github.com/ember-vmm/ember/guest/proto"
 	"github.com/ember-vmm/ember/images"
 	"github.com/ember-vmm/ember/vmm"
@@ -111,6 +112,8 @@ type Plan struct {
 	// Drives are the virtio-blk disks (absolute image paths).
 	Drives []blk.Options `json:"drives,omitempty"`
 	RNG    bool          `json:"rng,omitempty"`
+	// Vsock is the virtio-vsock device (absolute socket path), if any.
+	Vsock *vsock.Options `json:"vsock,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -135,6 +138,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	p.RNG = cfg.RNG != nil
+	if v := cfg.Vsock; v != nil {
+		uds, err := filepath.Abs(v.UDS)
+		if err != nil {
+			return nil, fmt.Errorf("vsock.uds: %w", err)
+		}
+		p.Vsock = &vsock.Options{CID: v.CID, UDS: uds}
+	}
 	switch {
 	case len(o.Command) > 0:
 		p.Run.Args = o.Command
@@ -167,6 +177,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			stop := watchResize(o.Terminal, in)
 			defer stop()
 		}
+	}
+	if accel == AccelNested && p.Vsock != nil {
+		k.Close()
+		// The inner ember's socket would live inside L1, out of the host's
+		// reach.
+		return nil, errors.New("vsock: not available with --accel nested yet (the host socket cannot reach the VM inside the L1 guest); use --accel kvm")
 	}
 	if accel == AccelNested {
 		k.Close()
@@ -267,7 +283,7 @@ func (p *Plan) check() (*boot.Kernel, []byte, error) {
 
 func (p *Plan) vmmConfig(k *boot.Kernel, extra []byte) vmm.Config {
 	return vmm.Config{Kernel: k, Initrd: p.Initrd, Extra: extra, Cmdline: p.Cmdline, CPUs: p.CPUs, Memory: p.Memory,
-		Drives: p.Drives, RNG: p.RNG}
+		Drives: p.Drives, RNG: p.RNG, Vsock: p.Vsock}
 }
 
 func pickAccel(want string, o Options) (string, error) {

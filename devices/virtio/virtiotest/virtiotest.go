@@ -443,20 +443,21 @@ func (d *Driver) WaitNeedsReset() {
 	}
 }
 
+// put16 and get16 access ring fields atomically, as the device does.
 func (d *Driver) put16(gpa uint64, v uint16) {
-	var b [2]byte
-	binary.LittleEndian.PutUint16(b[:], v)
-	if _, err := d.Mem.WriteAt(b[:], int64(gpa)); err != nil {
+	b, err := d.Mem.Slice(gpa&^3, 4)
+	if err != nil {
 		d.T.Fatal(err)
 	}
+	memory.Store16(b, int(gpa&3), v)
 }
 
 func (d *Driver) get16(gpa uint64) uint16 {
-	var b [2]byte
-	if _, err := d.Mem.ReadAt(b[:], int64(gpa)); err != nil {
+	b, err := d.Mem.Slice(gpa&^3, 4)
+	if err != nil {
 		d.T.Fatal(err)
 	}
-	return binary.LittleEndian.Uint16(b[:])
+	return memory.Load16(b, int(gpa&3))
 }
 
 func (d *Driver) get32(gpa uint64) uint32 {
