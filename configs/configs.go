@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -32,6 +33,8 @@ type VM struct {
 	Drives []Drive `toml:"drive"`
 	// RNG, when present ([rng]), gives the guest a virtio entropy device.
 	RNG *RNG `toml:"rng"`
+	// Nets are virtio-net interfaces ([[net]] tables): eth0, eth1, ...
+	Nets []Net `toml:"net"`
 	// Vsock, when present ([vsock]), gives the guest a virtio-vsock device.
 	Vsock *Vsock `toml:"vsock"`
 	// Source is the file the config came from ("default" for the built-in).
@@ -75,6 +78,54 @@ type Drive struct {
 	// ID is the drive's serial (GET_ID, /dev/disk/by-id), at most 20
 	// bytes; it defaults to "ember<index>".
 	ID string `toml:"id"`
+}
+
+// Net is one virtio-net interface over a host TAP device.
+type Net struct {
+	// Tap is the host interface: an existing tap is attached to, a name
+	// no interface has is created for the VM's life; "" lets the kernel
+	// name a new one.
+	Tap string `toml:"tap"`
+	// MAC is the guest's address ("" picks a locally administered one).
+	MAC string `toml:"mac"`
+	// Bridge, when set, is an existing bridge the tap joins.
+	Bridge string `toml:"bridge"`
+}
+
+// MaxNets bounds the interfaces of one VM.
+const MaxNets = 8
+
+// ParseNet parses the --net flag: "tap=NAME[,mac=MAC][,bridge=BR]".
+func ParseNet(s string) (Net, error) {
+	var n Net
+	for _, part := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(part, "=")
+		switch {
+		case k == "tap" && ok:
+			n.Tap = v
+		case k == "mac" && ok:
+			n.MAC = v
+		case k == "bridge" && ok:
+			n.Bridge = v
+		default:
+			return n, fmt.Errorf("%q: unknown part %q (expected tap=NAME[,mac=MAC][,bridge=BRIDGE])", s, part)
+		}
+	}
+	return n, nil
+}
+
+// ParseMAC parses a unicast Ethernet address.
+func ParseMAC(s string) ([6]byte, error) {
+	var m [6]byte
+	hw, err := net.ParseMAC(s)
+	if err != nil || len(hw) != 6 {
+		return m, fmt.Errorf("%q is not a MAC address (expected six hex pairs, e.g. 06:00:ac:10:00:02)", s)
+	}
+	if hw[0]&1 != 0 {
+		return m, fmt.Errorf("%q is a multicast address (the first octet must be even)", s)
+	}
+	copy(m[:], hw)
+	return m, nil
 }
 
 // RNG is the virtio entropy device (it has no settings).
@@ -327,6 +378,25 @@ func (v *VM) Validate() error {
 				return bad(key+".path", "%s is also drive[%d] (one image, one drive)", d.Path, j)
 			}
 			seen[id] = i
+		}
+	}
+	if len(v.Nets) > MaxNets {
+		return bad("net", "%d interfaces (at most %d)", len(v.Nets), MaxNets)
+	}
+	for i, n := range v.Nets {
+		key := fmt.Sprintf("net[%d]", i)
+		if len(n.Tap) > 15 || strings.ContainsAny(n.Tap, "/ \t:") {
+			return bad(key+".tap", "%q (expected an interface name: at most 15 characters, no '/', ':' or spaces)", n.Tap)
+		}
+		if n.MAC != "" {
+			if _, err := ParseMAC(n.MAC); err != nil {
+				return bad(key+".mac", "%v", err)
+			}
+		}
+		if n.Bridge != "" {
+			if _, err := net.InterfaceByName(n.Bridge); err != nil {
+				return bad(key+".bridge", "%s: no such interface (create the bridge first)", n.Bridge)
+			}
 		}
 	}
 	if v.Vsock != nil {

@@ -35,7 +35,7 @@ var urootCommands = []string{
 	"base64", "basename", "blkid", "cat", "chmod", "chroot", "cmp", "comm", "cp", "cpio", "date",
 	"dd", "df", "dirname", "dmesg", "echo", "false", "find", "free", "gosh", "grep", "gzip",
 	"hexdump", "hostname", "id", "insmod", "ip", "kill", "ln", "losetup", "ls", "lsmod", "md5sum",
-	"mkdir", "mkfifo", "mknod", "mktemp", "more", "mount", "mv", "nohup", "printenv", "ps", "pwd",
+	"mkdir", "mkfifo", "mknod", "mktemp", "more", "mount", "mv", "netcat", "nohup", "ping", "printenv", "ps", "pwd",
 	"readlink", "rm", "rmmod", "seq", "shasum", "sleep", "sort", "stty", "strings", "sync", "tail",
 	"tar", "tee", "time", "timeout", "touch", "tr", "true", "truncate", "umount", "uname", "uniq",
 	"unshare", "uptime", "wc", "which", "xargs", "yes",

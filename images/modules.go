@@ -31,7 +31,8 @@ var l2Modules = []string{
 }
 
 // l1Modules give --accel nested's L1 guest /dev/kvm (AMD SVM, which QEMU's
-// TCG emulates) and 9p over virtio-pci for the host's files, in the load
+// TCG emulates), 9p over virtio-pci for the host's files, and taps and
+// bridges for the inner VMs' networks, in the load
 // order of ../shared/nested-kvm.md. All are required.
 var l1Modules = []string{
 	"virt/lib/irqbypass.ko",
@@ -48,6 +49,9 @@ var l1Modules = []string{
 	"fs/netfs/netfs.ko",
 	"fs/fscache/fscache.ko",
 	"fs/9p/9p.ko",
+	// Taps and bridges for virtio-net guests of the inner ember.
+	"drivers/net/tun.ko",
+	"net/bridge/bridge.ko",
 }
 
 // modName is the kernel's name for a module file: the base name without

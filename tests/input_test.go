@@ -77,6 +77,9 @@ func TestInputErrors(t *testing.T) {
 		{"vsock bad flag", []string{"run", "--vsock", "cid=three"}, []string{"--vsock", "three"}},
 		{"vsock through nested", []string{"run", "--accel", "nested", "--vsock", "cid=3,uds=" + filepath.Join(dir, "n.sock")},
 			[]string{"vsock", "--accel nested"}},
+		{"bad mac", []string{"run", "--net", "tap=embx0,mac=01:00:5e:00:00:01"}, []string{"net[0].mac", "multicast"}},
+		{"missing bridge", []string{"run", "--net", "bridge=no-such-br0"}, []string{"net[0].bridge", "no-such-br0"}},
+		{"bad net flag", []string{"run", "--net", "tap=a,speed=1G"}, []string{"--net", "speed=1G"}},
 	}
 	before := leftovers(t)
 	for _, c := range cases {

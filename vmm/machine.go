@@ -52,6 +52,8 @@ type Config struct {
 	Drives []blk.Options
 	// RNG adds a virtio entropy device.
 	RNG bool
+	// Nets are virtio-net interfaces over host taps.
+	Nets []Net
 	// Vsock adds a virtio-vsock device with its host side on a unix
 	// socket; nil for none.
 	Vsock *vsock.Options
@@ -70,6 +72,14 @@ type Config struct {
 type testDevice struct {
 	base, size uint64
 	dev        bus.Device
+}
+
+// Net is one virtio-net interface: its host tap (created if no interface
+// has the name), an optional bridge for it, and the guest's MAC.
+type Net struct {
+	Tap    string  `json:"tap,omitempty"`
+	Bridge string  `json:"bridge,omitempty"`
+	MAC    [6]byte `json:"mac"`
 }
 
 // Log limits for whatever a guest can make ember log: per device, burst

@@ -7,12 +7,14 @@ import (
 
 	"github.com/ember-vmm/ember/devices/virtio"
 	"github.com/ember-vmm/ember/devices/virtio/blk"
+	vnet "github.com/ember-vmm/ember/devices/virtio/net"
 	"github.com/ember-vmm/ember/devices/virtio/rng"
 	"github.com/ember-vmm/ember/devices/virtio/vsock"
 	"github.com/ember-vmm/ember/vmm/bus"
 	"github.com/ember-vmm/ember/vmm/eventfd"
 	"github.com/ember-vmm/ember/vmm/kvm"
 	"github.com/ember-vmm/ember/vmm/platform"
+	"github.com/ember-vmm/ember/vmm/tap"
 )
 
 // virtioDev is one virtio-mmio device of the machine: its model, its
@@ -33,6 +35,9 @@ func virtioNames(cfg Config) []string {
 	for i := range cfg.Drives {
 		names = append(names, fmt.Sprintf("blk%d", i))
 	}
+	for i := range cfg.Nets {
+		names = append(names, fmt.Sprintf("net%d", i))
+	}
 	if cfg.RNG {
 		names = append(names, "rng")
 	}
@@ -51,6 +56,15 @@ func (m *Machine) openVirtio() error {
 			return fmt.Errorf("drive %d: %w", i, err)
 		}
 		m.virtio = append(m.virtio, &virtioDev{name: fmt.Sprintf("blk%d", i), dev: d, closer: d.Close})
+	}
+	for i, n := range m.cfg.Nets {
+		name := fmt.Sprintf("net%d", i)
+		t, err := tap.Open(n.Tap, n.Bridge)
+		if err != nil {
+			return fmt.Errorf("net %d: %w", i, err)
+		}
+		m.log.Debug("tap attached", "dev", name, "tap", t.Name())
+		m.virtio = append(m.virtio, &virtioDev{name: name, dev: vnet.New(t, n.MAC, m.devLog(name)), closer: t.Close})
 	}
 	if m.cfg.RNG {
 		m.virtio = append(m.virtio, &virtioDev{name: "rng", dev: rng.New(nil)})

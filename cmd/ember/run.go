@@ -27,6 +27,7 @@ type runFlags struct {
 	drives                                 []string
 	rng                                    bool
 	vsock                                  string
+	nets                                   []string
 }
 
 // reportWriteLimit bounds the wait for a stalled stdout to take the JSON
@@ -73,6 +74,7 @@ file, no accelerator); 127 the guest init could not start the command;
 	fl.DurationVar(&f.timeout, "timeout", 0, "stop the guest after this long (e.g. 30s); exit status 124")
 	fl.StringArrayVar(&f.env, "env", nil, "KEY=VALUE for the guest command (repeatable)")
 	fl.StringArrayVar(&f.drives, "drive", nil, "virtio disk: path=IMAGE[,ro][,id=SERIAL] (repeatable; adds to the config's drives)")
+	fl.StringArrayVar(&f.nets, "net", nil, "virtio-net over a tap: tap=NAME[,mac=MAC][,bridge=BRIDGE] (repeatable; a missing tap is created)")
 	fl.BoolVar(&f.rng, "rng", false, "give the guest a virtio entropy device (/dev/hwrng)")
 	fl.StringVar(&f.vsock, "vsock", "", "virtio-vsock: cid=N,uds=PATH (host connects to PATH, writes \"CONNECT <port>\\n\"; guest reaches PATH_<port>)")
 	fl.BoolVar(&f.json, "json", false, "print a JSON result on stdout when the VM ends")
@@ -272,6 +274,13 @@ func applyFlags(cmd *cobra.Command, cfg *configs.VM, f *runFlags) error {
 	}
 	if f.rng {
 		cfg.RNG = &configs.RNG{}
+	}
+	for _, n := range f.nets {
+		nic, err := configs.ParseNet(n)
+		if err != nil {
+			return fmt.Errorf("--net %w", err)
+		}
+		cfg.Nets = append(cfg.Nets, nic)
 	}
 	if fl.Changed("vsock") {
 		v, err := configs.ParseVsock(f.vsock)

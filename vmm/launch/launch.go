@@ -6,6 +6,7 @@ package launch
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -112,6 +113,8 @@ type Plan struct {
 	// Drives are the virtio-blk disks (absolute image paths).
 	Drives []blk.Options `json:"drives,omitempty"`
 	RNG    bool          `json:"rng,omitempty"`
+	// Nets are the virtio-net interfaces, MACs resolved.
+	Nets []vmm.Net `json:"nets,omitempty"`
 	// Vsock is the virtio-vsock device (absolute socket path), if any.
 	Vsock *vsock.Options `json:"vsock,omitempty"`
 }
@@ -138,6 +141,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, err
 	}
 	p.RNG = cfg.RNG != nil
+	if p.Nets, err = nets(cfg); err != nil {
+		return nil, err
+	}
 	if v := cfg.Vsock; v != nil {
 		uds, err := filepath.Abs(v.UDS)
 		if err != nil {
@@ -183,6 +189,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		// The inner ember's socket would live inside L1, out of the host's
 		// reach.
 		return nil, errors.New("vsock: not available with --accel nested yet (the host socket cannot reach the VM inside the L1 guest); use --accel kvm")
+	}
+	if accel == AccelNested && len(p.Nets) > 0 {
+		k.Close()
+		return nil, errors.New("net: not available with --accel nested yet (the tap would be inside the L1 guest, not on this host); use --accel kvm")
 	}
 	if accel == AccelNested {
 		k.Close()
@@ -238,6 +248,27 @@ func lockDrives(p *Plan, log *slog.Logger) (release func(), mounts []proto.Neste
 	return release, mounts, nil
 }
 
+// nets resolves the config's [[net]] tables; an interface without a MAC
+// gets a random locally administered one.
+func nets(cfg *configs.VM) ([]vmm.Net, error) {
+	var out []vmm.Net
+	for i, n := range cfg.Nets {
+		v := vmm.Net{Tap: n.Tap, Bridge: n.Bridge}
+		if n.MAC != "" {
+			m, err := configs.ParseMAC(n.MAC)
+			if err != nil {
+				return nil, fmt.Errorf("net[%d].mac: %w", i, err)
+			}
+			v.MAC = m
+		} else {
+			_, _ = rand.Read(v.MAC[1:])
+			v.MAC[0] = 0x06 // locally administered, unicast
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
 // input is the console input of an interactive plan, or nil.
 func (o Options) input(p *Plan) *consoleInput {
 	if !p.Interactive || o.Stdin == nil {
@@ -283,7 +314,7 @@ func (p *Plan) check() (*boot.Kernel, []byte, error) {
 
 func (p *Plan) vmmConfig(k *boot.Kernel, extra []byte) vmm.Config {
 	return vmm.Config{Kernel: k, Initrd: p.Initrd, Extra: extra, Cmdline: p.Cmdline, CPUs: p.CPUs, Memory: p.Memory,
-		Drives: p.Drives, RNG: p.RNG, Vsock: p.Vsock}
+		Drives: p.Drives, RNG: p.RNG, Vsock: p.Vsock, Nets: p.Nets}
 }
 
 func pickAccel(want string, o Options) (string, error) {
