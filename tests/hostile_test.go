@@ -55,33 +55,50 @@ func TestVMHaltedForGood(t *testing.T) {
 }
 
 // hostileInitrd is ember's initramfs with /bin/hostile added.
-func hostileInitrd(t *testing.T) string {
+func hostileInitrd(t testing.TB) string {
+	return initrdWith(t, map[string]string{"hostile": env.hostile}, nil)
+}
+
+// initrdWith is ember's cloud-amd64 initramfs with the given programs in
+// /bin (name → host path) and extra archives appended.
+func initrdWith(t testing.TB, progs map[string]string, extra []byte) string {
 	t.Helper()
-	dir := t.TempDir()
-	prog, err := os.ReadFile(env.hostile)
-	if err != nil {
-		t.Fatal(err)
-	}
 	img := image(t, "cloud-amd64")
 	base, err := os.ReadFile(img.Initramfs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The kernel unpacks concatenated archives; ours adds /bin/hostile.
-	var extra bytes.Buffer
-	w := cpio.Newc.Writer(&extra)
-	if err := cpio.WriteRecordsAndDirs(w, []cpio.Record{cpio.StaticFile("bin/hostile", string(prog), 0o755)}); err != nil {
+	var recs []cpio.Record
+	for name, path := range progs {
+		prog, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, cpio.StaticFile("bin/"+name, string(prog), 0o755))
+	}
+	// The kernel unpacks concatenated archives.
+	var more bytes.Buffer
+	w := cpio.Newc.Writer(&more)
+	if err := cpio.WriteRecordsAndDirs(w, recs); err != nil {
 		t.Fatal(err)
 	}
 	if err := cpio.WriteTrailer(w); err != nil {
 		t.Fatal(err)
 	}
-	for len(base)%4 != 0 {
-		base = append(base, 0)
+	out := append(pad4(base), more.Bytes()...)
+	if extra != nil {
+		out = append(pad4(out), extra...)
 	}
-	initrd := filepath.Join(dir, "initrd")
-	if err := os.WriteFile(initrd, append(base, extra.Bytes()...), 0o644); err != nil {
+	initrd := filepath.Join(t.TempDir(), "initrd")
+	if err := os.WriteFile(initrd, out, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	return initrd
+}
+
+func pad4(b []byte) []byte {
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
 }

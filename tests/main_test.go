@@ -27,6 +27,7 @@ var env struct {
 	cacheDir string
 	inside   bool   // running inside the nested L1 guest
 	hostile  string // the hostile guest program, built on the host
+	ioperf   string // the disk benchmark guest program
 	kvmTest  string // vmm/kvm's test binary, run where KVM works
 	vmmTest  string // vmm's test binary (synthetic guests on real KVM)
 	direct   bool   // real KVM is usable here: VM tests run in this process
@@ -64,13 +65,20 @@ func run(m *testing.M) int {
 			return 1
 		}
 	}
-	env.hostile = os.Getenv("EMBER_E2E_HOSTILE")
-	if env.hostile == "" {
-		env.hostile = filepath.Join(root, "bin", "e2e-hostile")
-		build := exec.Command("go", "build", "-o", env.hostile, "./hostile")
+	// Guest programs the tests add to the initramfs, built static here.
+	for _, g := range []struct {
+		dst           *string
+		envName, name string
+	}{{&env.hostile, "EMBER_E2E_HOSTILE", "hostile"}, {&env.ioperf, "EMBER_E2E_IOPERF", "ioperf"}} {
+		*g.dst = os.Getenv(g.envName)
+		if *g.dst != "" {
+			continue
+		}
+		*g.dst = filepath.Join(root, "bin", "e2e-"+g.name)
+		build := exec.Command("go", "build", "-o", *g.dst, "./"+g.name)
 		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := build.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "e2e: building the hostile guest program: %v\n%s", err, out)
+			fmt.Fprintf(os.Stderr, "e2e: building the %s guest program: %v\n%s", g.name, err, out)
 			return 1
 		}
 	}
@@ -151,7 +159,7 @@ func runInside() int {
 		return 1
 	}
 	l1 := image(nil, "amd64")
-	args := []string{"/usr/bin/env", insideVar + "=1", "EMBER_CACHE_DIR=" + env.cacheDir, "EMBER_E2E_HOSTILE=" + env.hostile, "EMBER_E2E_KVMTEST=" + env.kvmTest, "EMBER_E2E_VMMTEST=" + env.vmmTest, "PATH=" + os.Getenv("PATH"),
+	args := []string{"/usr/bin/env", insideVar + "=1", "EMBER_CACHE_DIR=" + env.cacheDir, "EMBER_E2E_HOSTILE=" + env.hostile, "EMBER_E2E_IOPERF=" + env.ioperf, "EMBER_E2E_KVMTEST=" + env.kvmTest, "EMBER_E2E_VMMTEST=" + env.vmmTest, "PATH=" + os.Getenv("PATH"),
 		self, "-test.v", "-test.timeout", "25m"}
 	runFilter := "VM"
 	for _, a := range os.Args[1:] {

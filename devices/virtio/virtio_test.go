@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/ember-vmm/ember/devices/virtio"
 	"github.com/ember-vmm/ember/devices/virtio/virtiotest"
@@ -279,5 +280,28 @@ func TestReaderWriter(t *testing.T) {
 	r := d.Do(0, virtiotest.Buf{Data: msg[:333]}, virtiotest.Buf{Data: msg[333:]}, virtiotest.Buf{WriteLen: 1}, virtiotest.Buf{WriteLen: 2000})
 	if r.Written != 1000 || !bytes.Equal(r.Bytes(), []byte(reversed(string(msg)))) {
 		t.Fatalf("written %d", r.Written)
+	}
+}
+
+// TestInterrupts: a driver that asks for interrupts gets one per request
+// it waits for, with and without event indices.
+func TestInterrupts(t *testing.T) {
+	for name, f := range featureSets {
+		t.Run(name, func(t *testing.T) {
+			d := virtiotest.New(t, &echo{})
+			d.Init(f)
+			for range 5 {
+				for len(d.Irqs) > 0 {
+					<-d.Irqs
+				}
+				r := d.Submit(0, false, virtiotest.Buf{Data: []byte("x")}, virtiotest.Buf{WriteLen: 1})
+				select {
+				case <-d.Irqs:
+				case <-time.After(10 * time.Second):
+					t.Fatal("no interrupt for a used buffer")
+				}
+				d.Wait(0, r)
+			}
+		})
 	}
 }

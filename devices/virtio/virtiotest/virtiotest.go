@@ -74,7 +74,7 @@ type queue struct {
 	desc, avail, use uint64
 	freeHead         uint16
 	availIdx         uint16
-	lastUsed, seen   uint16
+	lastUsed         uint16
 }
 
 // New puts dev behind a transport over fresh fake RAM and starts it.
@@ -288,8 +288,8 @@ func (d *Driver) writeDesc(gpa uint64, x Desc) {
 func (d *Driver) Publish(q int, head uint16) {
 	vq := d.queues[q]
 	// used_event (read by the device only with VIRTIO_F_EVENT_IDX): an
-	// interrupt for every buffer after the ones already seen.
-	d.put16(vq.avail+4+2*uint64(vq.size), vq.seen)
+	// interrupt for every buffer after the ones already taken.
+	d.put16(vq.avail+4+2*uint64(vq.size), vq.lastUsed)
 	d.put16(vq.avail+4+2*uint64(vq.availIdx%vq.size), head)
 	vq.availIdx++
 	d.put16(vq.avail+2, vq.availIdx)
@@ -399,23 +399,20 @@ func (d *Driver) Do(q int, bufs ...Buf) *Request {
 }
 
 // NextUsed waits up to timeout for the next used element of queue q. It
-// reads the used ring only after an interrupt, which is also what orders
-// the device's writes before our reads (for the race detector as for a
-// real driver).
+// reads the used index atomically, as the device writes it, which also
+// orders the element's bytes before our reads; it wakes on interrupts and
+// polls as well, so a suppressed or coalesced interrupt cannot stall it.
 func (d *Driver) NextUsed(q int, timeout time.Duration) (uint16, uint32, error) {
 	vq := d.queues[q]
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	for vq.lastUsed == vq.seen {
-		select {
-		case <-d.Irqs:
-		case <-timer.C:
+	deadline := time.Now().Add(timeout)
+	for d.get16(vq.use+2) == vq.lastUsed {
+		if time.Now().After(deadline) {
 			return 0, 0, fmt.Errorf("queue %d: no used buffer within %v (status %#x)", q, timeout, d.Read32(virtio.RegStatus))
 		}
-		d.Read32(virtio.RegInterruptStat)
-		d.Write32(virtio.RegInterruptACK, 3)
-		for _, o := range d.queues {
-			o.seen = d.get16(o.use + 2)
+		select {
+		case <-d.Irqs:
+			d.Write32(virtio.RegInterruptACK, d.Read32(virtio.RegInterruptStat))
+		case <-time.After(time.Millisecond):
 		}
 	}
 	e := vq.use + 4 + 8*uint64(vq.lastUsed%vq.size)

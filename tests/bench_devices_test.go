@@ -1,0 +1,215 @@
+package tests
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/ember-vmm/ember/configs"
+	"github.com/ember-vmm/ember/guest/proto"
+	"github.com/ember-vmm/ember/images"
+	"github.com/ember-vmm/ember/vmm/platform"
+)
+
+// devBench is what one VMM run of the device benchmark measured.
+type devBench struct {
+	io       map[string][3]float64 // pattern → bytes, ops, seconds
+	netBytes int64
+	netSecs  float64
+	exits    map[string]uint64 // KVM's exit counters over the workload
+}
+
+const benchNetBytes = 64 << 20
+
+// kvmStats reads KVM's VM-wide exit counters (debugfs): the same meter
+// for every VMM, read while its VM is alive.
+func kvmStats() map[string]uint64 {
+	out := map[string]uint64{}
+	for _, n := range []string{"exits", "io_exits", "mmio_exits", "irq_exits", "halt_exits"} {
+		b, err := os.ReadFile("/sys/kernel/debug/kvm/" + n)
+		if err != nil {
+			continue
+		}
+		v, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		out[n] = v
+	}
+	return out
+}
+
+// runDevBench runs cmd (a VMM whose guest runs the benchmark script) and
+// collects the guest's ioperf lines, the network transfer's time and the
+// exits between the guest's start and end marks.
+func runDevBench(b *testing.B, cmd *exec.Cmd, ln net.Listener) devBench {
+	b.Helper()
+	r := devBench{io: map[string][3]float64{}, exits: map[string]uint64{}}
+	netDone := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			netDone <- err
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Minute))
+		start := time.Now()
+		n, err := io.Copy(io.Discard, io.LimitReader(c, benchNetBytes))
+		r.netBytes, r.netSecs = n, time.Since(start).Seconds()
+		netDone <- err
+	}()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	var before map[string]uint64
+	var tail []string
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		line := sc.Text()
+		tail = append(tail, line)
+		switch f := strings.Fields(line); {
+		case strings.Contains(line, "BENCH-START"):
+			before = kvmStats()
+		case strings.Contains(line, "BENCH-END"):
+			for k, v := range kvmStats() {
+				r.exits[k] = v - before[k]
+			}
+		case len(f) == 5 && f[0] == "ioperf":
+			bytes, _ := strconv.ParseFloat(f[2], 64)
+			ops, _ := strconv.ParseFloat(f[3], 64)
+			ns, _ := strconv.ParseFloat(f[4], 64)
+			r.io[f[1]] = [3]float64{bytes, ops, ns / 1e9}
+		}
+	}
+	werr := cmd.Wait()
+	if werr != nil || len(r.io) != 4 || len(r.exits) == 0 {
+		b.Fatalf("%s: %v; %d ioperf results, exits %v\nstdout tail:\n%s\nstderr:\n%s", cmd.Path, werr, len(r.io), r.exits,
+			strings.Join(tail[max(0, len(tail)-15):], "\n"), errb.String())
+	}
+	if err := <-netDone; err != nil || r.netBytes != benchNetBytes {
+		b.Fatalf("%s: network transfer: %d bytes, %v", cmd.Path, r.netBytes, err)
+	}
+	return r
+}
+
+// BenchmarkVMDevices compares ember's virtio-blk and virtio-net with QEMU
+// microvm's (virtio-mmio, userspace virtio-net without vhost) on the same
+// kernel, initramfs, command line, guest program, disk image and tap: disk
+// throughput and IOPS with direct I/O, TCP throughput from guest to host,
+// and VM exits per MiB moved.
+func BenchmarkVMDevices(b *testing.B) {
+	if !env.direct {
+		b.Skip("runs where KVM is usable (inside the nested L1 guest here)")
+	}
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		b.Skipf("SKIP: no QEMU to compare with: %v", err)
+	}
+	if _, err := os.Stat("/sys/kernel/debug/kvm"); err != nil {
+		_ = unix.Mount("debugfs", "/sys/kernel/debug", "debugfs", 0, "")
+	}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "embr-bench"}}
+	_ = netlink.LinkDel(br)
+	if err := netlink.LinkAdd(br); err != nil {
+		b.Fatalf("bridge: %v", err)
+	}
+	defer netlink.LinkDel(br)
+	addr, _ := netlink.ParseAddr("10.0.3.1/24")
+	_ = netlink.AddrAdd(br, addr)
+	_ = netlink.LinkSetUp(br)
+	// One persistent tap on the bridge, which each VMM attaches to.
+	tap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "embtap-bench"},
+		Mode: netlink.TUNTAP_MODE_TAP, Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR}
+	_ = netlink.LinkDel(tap)
+	if err := netlink.LinkAdd(tap); err != nil {
+		b.Fatalf("tap: %v", err)
+	}
+	defer netlink.LinkDel(tap)
+	_ = netlink.LinkSetMaster(tap, br)
+	_ = netlink.LinkSetUp(tap)
+	ln, err := net.Listen("tcp", "10.0.3.1:9100")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+
+	script := "ip addr add 10.0.3.2/24 dev eth0 && ip link set eth0 up && echo BENCH-START && ioperf /dev/vda 128 && " +
+		"dd if=/dev/zero bs=1M count=64 2>/dev/null | netcat 10.0.3.1:9100; echo BENCH-END; sleep 1; poweroff"
+	run, err := images.RunArchive(proto.Run{Args: []string{"sh", "-c", script}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	progs := map[string]string{"ioperf": env.ioperf}
+	emberInitrd, qemuInitrd := initrdWith(b, progs, nil), initrdWith(b, progs, run)
+	img := image(b, "cloud-amd64")
+	disk := filepath.Join(b.TempDir(), "disk.img")
+	if err := os.WriteFile(disk, nil, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.Truncate(disk, 256<<20); err != nil {
+		b.Fatal(err)
+	}
+	const mac = "06:00:0a:00:03:02"
+	var runs = map[string][]devBench{}
+	for b.Loop() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		runs["ember"] = append(runs["ember"], runDevBench(b, exec.CommandContext(ctx, env.ember, "run", "--accel", "kvm",
+			"--cache-dir", env.cacheDir, "--initrd", emberInitrd, "--drive", "path="+disk, "--net", "tap=embtap-bench,mac="+mac,
+			"--", "sh", "-c", script), ln))
+		runs["qemu"] = append(runs["qemu"], runDevBench(b, exec.CommandContext(ctx, qemu, "-M", "microvm", "-accel", "kvm",
+			"-cpu", "host", "-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+			"-serial", "stdio", "-kernel", img.Kernel, "-initrd", qemuInitrd,
+			"-append", platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline,
+			"-drive", "id=d0,file="+disk+",format=raw,if=none", "-device", "virtio-blk-device,drive=d0",
+			"-netdev", "tap,id=n0,ifname=embtap-bench,script=no,downscript=no,vhost=off",
+			"-device", "virtio-net-device,netdev=n0,mac="+mac), ln))
+		cancel()
+	}
+	report := func(who string) (m map[string]float64) {
+		m = map[string]float64{}
+		rs := runs[who]
+		var moved float64
+		for _, r := range rs {
+			for p, v := range r.io {
+				if strings.HasPrefix(p, "seq") {
+					m[p+"-MBps"] += v[0] / v[2] / 1e6 / float64(len(rs))
+				} else {
+					m[p+"-IOPS"] += v[1] / v[2] / float64(len(rs))
+				}
+				moved += v[0]
+			}
+			m["net-MBps"] += float64(r.netBytes) / r.netSecs / 1e6 / float64(len(rs))
+			moved += float64(r.netBytes)
+			m["exits"] += float64(r.exits["exits"])
+		}
+		m["exits-per-MiB"] = m["exits"] / (moved / (1 << 20))
+		delete(m, "exits")
+		return m
+	}
+	e, q := report("ember"), report("qemu")
+	for k, v := range e {
+		b.ReportMetric(v, "ember-"+k)
+		b.ReportMetric(q[k], "qemu-"+k)
+		if q[k] > 0 {
+			b.ReportMetric(v/q[k], "ratio-"+k)
+		}
+	}
+	fmt.Fprintf(os.Stderr, "device bench: ember %v\ndevice bench: qemu  %v\n", e, q)
+}
