@@ -20,7 +20,9 @@ func TestVMHostileGuest(t *testing.T) {
 	// Virtio devices sit in the MMIO window the program pokes: their
 	// transports take the garbage too.
 	disk := diskImage(t, 1<<20, false)
-	r := ember(t, bootLimit, vmArgs("--initrd", initrd, "--timeout", "150s", "--json", "--drive", "path="+disk, "--rng", "--", "/bin/hostile")...)
+	uds := filepath.Join(t.TempDir(), "v.sock")
+	r := ember(t, bootLimit, vmArgs("--initrd", initrd, "--timeout", "150s", "--json", "--drive", "path="+disk, "--rng",
+		"--net", "mac=06:00:00:00:00:01", "--vsock", "cid=3,uds="+uds, "--", "/bin/hostile")...)
 	if bytes.Contains([]byte(r.stderr), []byte("goroutine ")) {
 		t.Fatalf("ember crashed:\n%s", r.stderr)
 	}
@@ -31,9 +33,14 @@ func TestVMHostileGuest(t *testing.T) {
 		t.Fatalf("unclaimed_accesses = %v: the garbage did not reach ember's buses", rep["unclaimed_accesses"])
 	}
 	dev, _ := rep["devices"].(map[string]any)
-	blk0, _ := dev["blk0"].(map[string]any)
-	if f, _ := blk0["guest_faults"].(float64); f == 0 {
-		t.Fatalf("blk0 counted no guest faults (%v): the garbage did not reach the virtio transport\nstdout:\n%s", blk0, r.stdout)
+	for _, name := range []string{"blk0", "net0", "rng", "vsock"} {
+		d, _ := dev[name].(map[string]any)
+		if f, _ := d["guest_faults"].(float64); f == 0 {
+			t.Errorf("%s counted no guest faults (%v): the garbage did not reach its transport", name, d)
+		}
+	}
+	if t.Failed() {
+		t.Fatalf("stdout:\n%s", r.stdout)
 	}
 }
 

@@ -294,3 +294,18 @@ func TestVMNet(t *testing.T) {
 		t.Log("note: a tap0 exists (not ember's: ember's taps go with it)")
 	}
 }
+
+// TestVMDriveIO: direct I/O from the guest, sequential and random, reads
+// and writes, completes (the same program the device benchmark times).
+// One vCPU: with two, a run in a few hung or triple-faulted the guest
+// under the nested software-emulated host (see the README's known issues).
+func TestVMDriveIO(t *testing.T) {
+	needVM(t)
+	disk := diskImage(t, 64<<20, false)
+	initrd := initrdWith(t, map[string]string{"ioperf": env.ioperf}, nil)
+	r := ember(t, bootLimit, vmArgs("--initrd", initrd, "--timeout", "90s", "--json", "--drive", "path="+disk, "--", "ioperf", "/dev/vda", "32")...)
+	wantCode(t, r, 0)
+	for _, p := range []string{"seqwrite", "seqread", "randwrite", "randread"} {
+		wantOut(t, r, "ioperf "+p)
+	}
+}

@@ -114,6 +114,10 @@ func TestMachineTimeout(t *testing.T) {
 	if err != nil || r.Outcome != OutcomeTimeout {
 		t.Fatalf("Run = %+v, %v; want timeout", r, err)
 	}
+	// Both vCPUs were stopped inside the spinning code.
+	if len(r.StoppedAt) != 2 || r.StoppedAt[0] < 0x100_0000 || r.StoppedAt[0] > 0x100_1000 {
+		t.Fatalf("stopped at %#x, want both vCPUs in the kernel's loop at 16 MiB", r.StoppedAt)
+	}
 }
 
 // TestMachineCloseWhileRunning: Close stops a running guest, waits for Run

@@ -43,6 +43,9 @@ type Result struct {
 	Panic string
 	// Exits counts VM exits by reason name.
 	Exits map[string]uint64
+	// StoppedAt is each vCPU's instruction pointer when a run that was
+	// still going was stopped (timeout, cancel): where a stuck guest is.
+	StoppedAt []uint64
 	// Devices holds each virtio device's counters by device name.
 	Devices map[string]map[string]uint64
 	// Unclaimed counts guest accesses no device handled.

@@ -127,6 +127,13 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 	}
 	r.Unclaimed = m.pio.Unclaimed() + m.mmio.Unclaimed()
 	r.Devices = m.deviceStats()
+	if r.Outcome == OutcomeTimeout || r.Outcome == OutcomeCanceled {
+		for _, c := range m.vcpus {
+			if regs, err := c.GetRegs(); err == nil {
+				r.StoppedAt = append(r.StoppedAt, regs.RIP)
+			}
+		}
+	}
 	r.ConsoleDropped = m.console.Dropped()
 	if r.Outcome == OutcomeError {
 		if r.Err == nil {

@@ -214,3 +214,34 @@ func NewChain(readable, writable [][]byte) *Chain {
 	}
 	return c
 }
+
+// Next returns the next n device-readable bytes as views of guest RAM
+// (for one vectored system call) and consumes them. It returns fewer
+// bytes only when the chain has fewer.
+func (r *Reader) Next(n uint64, segs [][]byte) [][]byte {
+	for n > 0 && len(r.segs) > 0 {
+		b := r.segs[0][r.off:]
+		if uint64(len(b)) > n {
+			b = b[:n]
+		}
+		segs = append(segs, b)
+		r.advance(len(b))
+		n -= uint64(len(b))
+	}
+	return segs
+}
+
+// Next returns the next n device-writable bytes as views of guest RAM
+// and counts them as written; fewer only when the chain has fewer.
+func (w *Writer) Next(n uint64, segs [][]byte) [][]byte {
+	for n > 0 && len(w.segs) > 0 {
+		b := w.segs[0][w.off:]
+		if uint64(len(b)) > n {
+			b = b[:n]
+		}
+		segs = append(segs, b)
+		w.advance(len(b))
+		n -= uint64(len(b))
+	}
+	return segs
+}

@@ -151,7 +151,9 @@ func (q *Queue) Pop() (*Chain, error) {
 		return nil, fmt.Errorf("%w: avail index %d, device at %d, size %d", ErrAvailIndex, idx, q.lastAvail, q.Size)
 	}
 	slot := uint64(q.lastAvail % q.Size)
-	head := le16(q.avail[4+2*slot:])
+	// Entries share 32-bit words with their neighbours, which the driver
+	// may be writing: read them as atomically as the index.
+	head := memory.Load16(q.avail, 4+2*int(slot))
 	c := &Chain{Head: head}
 	if err := q.walk(c, head); err != nil {
 		return nil, err

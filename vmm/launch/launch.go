@@ -91,6 +91,9 @@ type Report struct {
 	CPUs        int               `json:"cpus"`
 	MemoryMiB   uint64            `json:"memory_mib"`
 	Exits       map[string]uint64 `json:"exits,omitempty"`
+	// StoppedAt lists the vCPUs' instruction pointers when a guest that
+	// was still running was stopped.
+	StoppedAt []string `json:"stopped_at,omitempty"`
 	// Devices are per-device counters (requests, bytes, errors, guest
 	// faults, interrupts) of the virtio devices.
 	Devices        map[string]map[string]uint64 `json:"devices,omitempty"`
@@ -417,6 +420,9 @@ func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byt
 		WallMS: ms(res.Wall), Panic: res.Panic, Kernel: p.Kernel, Initrd: p.Initrd,
 		CPUs: p.CPUs, MemoryMiB: p.Memory >> 20, Exits: res.Exits,
 		Unclaimed: res.Unclaimed, ConsoleDropped: res.ConsoleDropped, Devices: res.Devices,
+	}
+	for _, ip := range res.StoppedAt {
+		rep.StoppedAt = append(rep.StoppedAt, fmt.Sprintf("%#x", ip))
 	}
 	finish(rep, res)
 	if res.Outcome == vmm.OutcomeCanceled && quit.Load() {
