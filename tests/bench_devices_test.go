@@ -125,15 +125,7 @@ func BenchmarkVMDevices(b *testing.B) {
 	if _, err := os.Stat("/sys/kernel/debug/kvm"); err != nil {
 		_ = unix.Mount("debugfs", "/sys/kernel/debug", "debugfs", 0, "")
 	}
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "embr-bench"}}
-	_ = netlink.LinkDel(br)
-	if err := netlink.LinkAdd(br); err != nil {
-		b.Fatalf("bridge: %v", err)
-	}
-	defer netlink.LinkDel(br)
-	addr, _ := netlink.ParseAddr("10.0.3.1/24")
-	_ = netlink.AddrAdd(br, addr)
-	_ = netlink.LinkSetUp(br)
+	br := hostBridge(b, "embr-bench", "10.0.3.1/24")
 	// One persistent tap on the bridge, which each VMM attaches to.
 	tap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: "embtap-bench"},
 		Mode: netlink.TUNTAP_MODE_TAP, Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR}

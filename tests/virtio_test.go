@@ -239,19 +239,7 @@ func sendToGuest(uds string, port int, b []byte) error {
 // what arrived matches the guest's.
 func TestVMNet(t *testing.T) {
 	needVM(t)
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "embr-e2e"}}
-	_ = netlink.LinkDel(br)
-	if err := netlink.LinkAdd(br); err != nil {
-		t.Fatalf("bridge: %v (the VM tests run as root)", err)
-	}
-	defer netlink.LinkDel(br)
-	addr, _ := netlink.ParseAddr("10.0.2.1/24")
-	if err := netlink.AddrAdd(br, addr); err != nil {
-		t.Fatal(err)
-	}
-	if err := netlink.LinkSetUp(br); err != nil {
-		t.Fatal(err)
-	}
+	hostBridge(t, "embr-e2e", "10.0.2.1/24")
 	const size = 100 << 20
 	ln, err := net.Listen("tcp", "10.0.2.1:9000")
 	if err != nil {
@@ -308,4 +296,27 @@ func TestVMDriveIO(t *testing.T) {
 	for _, p := range []string{"seqwrite", "seqread", "randwrite", "randread"} {
 		wantOut(t, r, "ioperf "+p)
 	}
+}
+
+// hostBridge creates a bridge with the host's address on it, removed when
+// the test ends (the VM tests run as root inside L1).
+func hostBridge(t testing.TB, name, cidr string) *netlink.Bridge {
+	t.Helper()
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
+	_ = netlink.LinkDel(br)
+	if err := netlink.LinkAdd(br); err != nil {
+		t.Fatalf("bridge %s: %v", name, err)
+	}
+	t.Cleanup(func() { _ = netlink.LinkDel(br) })
+	addr, err := netlink.ParseAddr(cidr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.AddrAdd(br, addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(br); err != nil {
+		t.Fatal(err)
+	}
+	return br
 }

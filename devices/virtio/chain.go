@@ -47,20 +47,57 @@ func (c *Chain) ReadLen() uint64  { return c.readLen }
 func (c *Chain) WriteLen() uint64 { return c.writeLen }
 
 // Reader returns a reader over the device-readable buffers.
-func (c *Chain) Reader() *Reader { return &Reader{segs: c.segs[:c.nRead], left: c.readLen} }
+func (c *Chain) Reader() *Reader { return &Reader{cursor{segs: c.segs[:c.nRead], left: c.readLen}} }
 
 // Writer returns a writer over the device-writable buffers.
-func (c *Chain) Writer() *Writer { return &Writer{segs: c.segs[c.nRead:], left: c.writeLen} }
+func (c *Chain) Writer() *Writer { return &Writer{cursor{segs: c.segs[c.nRead:], left: c.writeLen}} }
 
-// Reader reads a chain's device-readable bytes in order.
-type Reader struct {
+// cursor walks a run of buffers; Reader and Writer are its two directions.
+type cursor struct {
 	segs [][]byte
 	off  int
 	left uint64
+	done uint64
 }
 
-// Len is how many bytes are left to read.
-func (r *Reader) Len() uint64 { return r.left }
+// Len is how many bytes are left.
+func (c *cursor) Len() uint64 { return c.left }
+
+func (c *cursor) advance(k int) {
+	c.off += k
+	c.left -= uint64(k)
+	c.done += uint64(k)
+	if c.off == len(c.segs[0]) {
+		c.segs, c.off = c.segs[1:], 0
+	}
+}
+
+// Next appends the next n bytes to segs as views of guest RAM (for one
+// vectored system call) and consumes them; fewer only when fewer are left.
+func (c *cursor) Next(n uint64, segs [][]byte) [][]byte {
+	for n > 0 && len(c.segs) > 0 {
+		b := c.segs[0][c.off:]
+		if uint64(len(b)) > n {
+			b = b[:n]
+		}
+		segs = append(segs, b)
+		c.advance(len(b))
+		n -= uint64(len(b))
+	}
+	return segs
+}
+
+// Skip consumes the next n bytes as they are (fewer if fewer are left).
+func (c *cursor) Skip(n uint64) {
+	for n > 0 && len(c.segs) > 0 {
+		k := min(uint64(len(c.segs[0])-c.off), n)
+		c.advance(int(k))
+		n -= k
+	}
+}
+
+// Reader reads a chain's device-readable bytes in order.
+type Reader struct{ cursor }
 
 // Read implements io.Reader.
 func (r *Reader) Read(p []byte) (int, error) {
@@ -76,61 +113,12 @@ func (r *Reader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (r *Reader) advance(k int) {
-	r.off += k
-	r.left -= uint64(k)
-	if r.off == len(r.segs[0]) {
-		r.segs, r.off = r.segs[1:], 0
-	}
-}
-
-// Discard skips n bytes (fewer if the chain has fewer).
-func (r *Reader) Discard(n uint64) {
-	for n > 0 && len(r.segs) > 0 {
-		k := uint64(len(r.segs[0]) - r.off)
-		if k > n {
-			k = n
-		}
-		r.advance(int(k))
-		n -= k
-	}
-}
-
-// WriteToAt writes the next n bytes to w at offset off, straight from
-// guest RAM (a disk write).
-func (r *Reader) WriteToAt(w io.WriterAt, off int64, n uint64) error {
-	if n > r.left {
-		return io.ErrUnexpectedEOF
-	}
-	for n > 0 {
-		b := r.segs[0][r.off:]
-		if uint64(len(b)) > n {
-			b = b[:n]
-		}
-		k, err := w.WriteAt(b, off)
-		r.advance(k)
-		if err != nil {
-			return err
-		}
-		off += int64(k)
-		n -= uint64(k)
-	}
-	return nil
-}
-
-// Writer writes a chain's device-writable bytes in order.
-type Writer struct {
-	segs    [][]byte
-	off     int
-	left    uint64
-	written uint64
-}
-
-// Len is how many bytes can still be written.
-func (w *Writer) Len() uint64 { return w.left }
+// Writer writes a chain's device-writable bytes in order; skipped bytes
+// count as written.
+type Writer struct{ cursor }
 
 // Written is how many bytes were written: the used length for Push.
-func (w *Writer) Written() uint32 { return uint32(w.written) }
+func (w *Writer) Written() uint32 { return uint32(w.done) }
 
 // Write implements io.Writer; writing past the end is io.ErrShortWrite.
 func (w *Writer) Write(p []byte) (int, error) {
@@ -144,54 +132,6 @@ func (w *Writer) Write(p []byte) (int, error) {
 		return n, io.ErrShortWrite
 	}
 	return n, nil
-}
-
-func (w *Writer) advance(k int) {
-	w.off += k
-	w.left -= uint64(k)
-	w.written += uint64(k)
-	if w.off == len(w.segs[0]) {
-		w.segs, w.off = w.segs[1:], 0
-	}
-}
-
-// ReadFromAt fills the next n bytes from r at offset off, straight into
-// guest RAM (a disk read). Bytes past r's end read as zeros.
-func (w *Writer) ReadFromAt(r io.ReaderAt, off int64, n uint64) error {
-	if n > w.left {
-		return io.ErrShortWrite
-	}
-	for n > 0 {
-		b := w.segs[0][w.off:]
-		if uint64(len(b)) > n {
-			b = b[:n]
-		}
-		k, err := r.ReadAt(b, off)
-		if err == io.EOF {
-			clear(b[k:])
-			k, err = len(b), nil
-		}
-		w.advance(k)
-		if err != nil {
-			return err
-		}
-		off += int64(k)
-		n -= uint64(k)
-	}
-	return nil
-}
-
-// Skip leaves the next n writable bytes as they are but counts them as
-// written (fewer if the chain has fewer).
-func (w *Writer) Skip(n uint64) {
-	for n > 0 && len(w.segs) > 0 {
-		k := uint64(len(w.segs[0]) - w.off)
-		if k > n {
-			k = n
-		}
-		w.advance(int(k))
-		n -= k
-	}
 }
 
 // NewChain builds a chain over host buffers: readable ones, then writable
@@ -213,35 +153,4 @@ func NewChain(readable, writable [][]byte) *Chain {
 		}
 	}
 	return c
-}
-
-// Next returns the next n device-readable bytes as views of guest RAM
-// (for one vectored system call) and consumes them. It returns fewer
-// bytes only when the chain has fewer.
-func (r *Reader) Next(n uint64, segs [][]byte) [][]byte {
-	for n > 0 && len(r.segs) > 0 {
-		b := r.segs[0][r.off:]
-		if uint64(len(b)) > n {
-			b = b[:n]
-		}
-		segs = append(segs, b)
-		r.advance(len(b))
-		n -= uint64(len(b))
-	}
-	return segs
-}
-
-// Next returns the next n device-writable bytes as views of guest RAM
-// and counts them as written; fewer only when the chain has fewer.
-func (w *Writer) Next(n uint64, segs [][]byte) [][]byte {
-	for n > 0 && len(w.segs) > 0 {
-		b := w.segs[0][w.off:]
-		if uint64(len(b)) > n {
-			b = b[:n]
-		}
-		segs = append(segs, b)
-		w.advance(len(b))
-		n -= uint64(len(b))
-	}
-	return segs
 }

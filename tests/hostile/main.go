@@ -100,6 +100,24 @@ func virtioWindows(r *rand.Rand) int {
 			fmt.Fprintln(os.Stderr, "hostile: unbind", filepath.Base(d), err)
 		}
 	}
+	var bases []int64
+	for i := range len(devs) {
+		bases = append(bases, int64(0xd000_0000+0x1000*i))
+	}
+	return eachPage(bases, func(mem []byte) int {
+		for range 512 {
+			off := r.IntN(0x100/4) * 4
+			// A 32-bit MMIO store needs a pointer into the mapping.
+			atomic.StoreUint32((*uint32)(unsafe.Pointer(&mem[off])), r.Uint32())
+			_ = atomic.LoadUint32((*uint32)(unsafe.Pointer(&mem[r.IntN(0x100/4)*4])))
+		}
+		return 512
+	})
+}
+
+// eachPage maps the 4 KiB at each guest-physical base through /dev/mem,
+// hands it to poke and adds up poke's counts.
+func eachPage(bases []int64, poke func([]byte) int) int {
 	f, err := os.OpenFile("/dev/mem", os.O_RDWR|os.O_SYNC, 0)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "hostile: /dev/mem:", err)
@@ -107,20 +125,13 @@ func virtioWindows(r *rand.Rand) int {
 	}
 	defer f.Close()
 	n := 0
-	for i := range len(devs) {
-		base := int64(0xd000_0000 + 0x1000*i)
+	for _, base := range bases {
 		mem, err := unix.Mmap(int(f.Fd()), base, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "hostile: mmap %#x: %v\n", base, err)
 			continue
 		}
-		for range 512 {
-			off := r.IntN(0x100/4) * 4
-			// A 32-bit MMIO store needs a pointer into the mapping.
-			atomic.StoreUint32((*uint32)(unsafe.Pointer(&mem[off])), r.Uint32())
-			_ = atomic.LoadUint32((*uint32)(unsafe.Pointer(&mem[r.IntN(0x100/4)*4])))
-			n++
-		}
+		n += poke(mem)
 		unix.Munmap(mem)
 	}
 	return n
@@ -128,26 +139,12 @@ func virtioWindows(r *rand.Rand) int {
 
 // mmio pokes guest-physical addresses where no device lives.
 func mmio(r *rand.Rand) int {
-	f, err := os.OpenFile("/dev/mem", os.O_RDWR|os.O_SYNC, 0)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "hostile: /dev/mem:", err)
-		return 0
-	}
-	defer f.Close()
-	n := 0
-	for _, base := range []int64{0xd000_0000, 0xe000_0000, 0xfe00_0000, 0xfed0_0000} {
-		mem, err := unix.Mmap(int(f.Fd()), base, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "hostile: mmap %#x: %v\n", base, err)
-			continue
-		}
+	return eachPage([]int64{0xd000_0000, 0xe000_0000, 0xfe00_0000, 0xfed0_0000}, func(mem []byte) int {
 		for i := 0; i < 256; i++ {
 			off := r.IntN(4096 - 8)
 			mem[off] = byte(r.Uint32())
 			_ = mem[off+1]
-			n += 2
 		}
-		unix.Munmap(mem)
-	}
-	return n
+		return 512
+	})
 }

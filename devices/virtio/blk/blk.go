@@ -279,39 +279,32 @@ func (d *Device) serve(r *virtio.Reader, w *virtio.Writer) uint8 {
 // preadv fills segs from the image at off with as few system calls as
 // the kernel allows (one per request, normally).
 func (d *Device) preadv(segs [][]byte, off int64) error {
-	for len(segs) > 0 {
-		n, err := unix.Preadv(int(d.f.Fd()), segs[:min(len(segs), iovMax)], off)
-		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
-			return err
+	return d.vectored(unix.Preadv, segs, off, func(rest [][]byte) error {
+		// Past the end of a file that shrank: zeros, as on a disk.
+		for _, s := range rest {
+			clear(s)
 		}
-		if n == 0 {
-			// Past the end of a file that shrank: zeros, as on a disk.
-			for _, s := range segs {
-				clear(s)
-			}
-			return nil
-		}
-		off += int64(n)
-		segs = skip(segs, n)
-	}
-	return nil
+		return nil
+	})
 }
 
 // pwritev writes segs to the image at off.
 func (d *Device) pwritev(segs [][]byte, off int64) error {
+	return d.vectored(unix.Pwritev, segs, off, func([][]byte) error { return io.ErrShortWrite })
+}
+
+// vectored repeats op until segs are done, at most IOV_MAX buffers a
+// call; short is what a call that moved nothing means.
+func (d *Device) vectored(op func(int, [][]byte, int64) (int, error), segs [][]byte, off int64, short func([][]byte) error) error {
 	for len(segs) > 0 {
-		n, err := unix.Pwritev(int(d.f.Fd()), segs[:min(len(segs), iovMax)], off)
-		if err != nil {
-			if err == unix.EINTR {
-				continue
-			}
+		n, err := op(int(d.f.Fd()), segs[:min(len(segs), iovMax)], off)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
 			return err
-		}
-		if n == 0 {
-			return io.ErrShortWrite
+		case n == 0:
+			return short(segs)
 		}
 		off += int64(n)
 		segs = skip(segs, n)
