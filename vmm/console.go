@@ -200,7 +200,7 @@ func (c *consoleOut) flush() {
 			c.spare = make([]byte, 0, flushAt)
 		}
 		c.mu.Unlock()
-		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
 			c.discard()
 			return
 		}

@@ -276,17 +276,23 @@ func runCommand(r *proto.Run) int {
 // console, which becomes the session's controlling terminal (job control
 // in shells needs one).
 func startOnConsole(args []string, dir string) (*exec.Cmd, error) {
+	return startSession(args, dir, os.Stdin, os.Stdout, os.Stderr, isTTY(0))
+}
+
+// startSession starts args (looked up in PATH, argv[0] kept as given) in
+// a new session with the given stdio; with ctty, stdin becomes the
+// session's controlling terminal.
+func startSession(args []string, dir string, stdin, stdout, stderr *os.File, ctty bool) (*exec.Cmd, error) {
 	path, err := exec.LookPath(args[0])
 	if err != nil {
 		return nil, fmt.Errorf("command %q not found in PATH (%s)", args[0], os.Getenv("PATH"))
 	}
 	cmd := exec.Command(path, args[1:]...)
 	cmd.Args[0] = args[0]
-	cmd.Env = os.Environ()
-	cmd.Dir = dir
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.Env, cmd.Dir = os.Environ(), dir
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
 	// Ctty names a descriptor of the child: 0 is its stdin.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: isTTY(0), Ctty: 0}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: ctty, Ctty: 0}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", args[0], err)
 	}

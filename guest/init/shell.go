@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/ember-vmm/ember/guest/proto"
@@ -62,25 +60,16 @@ func runOnPTY(console *os.File, args []string, dir string, ws *proto.Winsize, re
 	if ws != nil {
 		setWinsize(master, *ws)
 	}
-	path, err := exec.LookPath(args[0])
-	if err != nil {
-		slave.Close()
-		return 0, fmt.Errorf("command %q not found in PATH (%s)", args[0], os.Getenv("PATH"))
-	}
-	cmd := exec.Command(path, args[1:]...)
-	cmd.Args[0] = args[0]
-	cmd.Env, cmd.Dir = os.Environ(), dir
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	// The pty does the line discipline now: the console passes bytes as
 	// they are, both ways.
 	if t, err := unix.IoctlGetTermios(int(console.Fd()), unix.TCGETS); err == nil {
 		rawConsole(int(console.Fd()))
 		defer unix.IoctlSetTermios(int(console.Fd()), unix.TCSETS, t)
 	}
-	if err := cmd.Start(); err != nil {
+	cmd, err := startSession(args, dir, slave, slave, slave, true)
+	if err != nil {
 		slave.Close()
-		return 0, fmt.Errorf("start %s: %w", args[0], err)
+		return 0, err
 	}
 	slave.Close()
 

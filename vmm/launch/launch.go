@@ -536,11 +536,12 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in 
 		base.Outcome, base.ExitStatus, base.Message = OutcomeStuck, ExitStuck, err.Error()
 		return base, nil
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		base.Outcome, base.ExitStatus = vmm.OutcomeTimeout, ExitTimeout
-		base.Message = "timeout: the guest was still running and was stopped"
+		base.Outcome = vmm.OutcomeTimeout
+		finish(base, &vmm.Result{Outcome: base.Outcome})
 		return base, nil
 	case ctx.Err() != nil:
-		base.Outcome, base.ExitStatus, base.Message = vmm.OutcomeCanceled, ExitSignal, "canceled"
+		base.Outcome = vmm.OutcomeCanceled
+		finish(base, &vmm.Result{Outcome: base.Outcome})
 		return base, nil
 	default:
 		return nil, err

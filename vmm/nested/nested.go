@@ -296,6 +296,12 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
+	if o.Stall <= 0 {
+		o.Stall = DefaultStall
+	}
+	if o.BootLimit <= 0 {
+		o.BootLimit = DefaultBootLimit
+	}
 	if o.QEMU == "" {
 		p, err := exec.LookPath(QEMUBinary)
 		if err != nil {
@@ -547,12 +553,6 @@ type liveness struct {
 }
 
 func newLiveness(path string, stall, bootLimit time.Duration, start time.Time) *liveness {
-	if stall <= 0 {
-		stall = DefaultStall
-	}
-	if bootLimit <= 0 {
-		bootLimit = DefaultBootLimit
-	}
 	return &liveness{path: path, stall: stall, bootLimit: bootLimit, start: start, lastChange: start}
 }
 
