@@ -332,12 +332,15 @@ func (d *Device) handle(h *header, r *virtio.Reader) {
 			return
 		}
 		c.state = stateEstablished
+		// The answer goes out through the writer, ahead of any guest
+		// data, so a host program that does not read cannot stall the
+		// device. fwdCnt starts that many bytes below zero: the answer is
+		// no guest data and frees no credit.
+		ok := fmt.Sprintf("OK %d\n", k.hostPort)
+		c.in = append([]byte(ok), c.in...)
+		c.fwdCnt -= uint32(len(ok))
+		c.advertised = c.fwdCnt
 		d.start(c)
-		_ = c.uc.SetWriteDeadline(time.Now().Add(handshake))
-		if _, err := fmt.Fprintf(c.uc, "OK %d\n", k.hostPort); err != nil {
-			d.reset(c)
-		}
-		_ = c.uc.SetWriteDeadline(time.Time{})
 	case opRW:
 		if c == nil || c.state != stateEstablished {
 			d.sendCtl(k, opRst, 0)
