@@ -158,7 +158,7 @@ func TestVMDriveDataSafety(t *testing.T) {
 	}
 }
 
-// TestVMVsock: 4 MiB from a host program to a guest listener through the
+// TestVMVsock: 1 MiB from a host program to a guest listener through the
 // device socket ("CONNECT 1234"), then back from the guest to a host
 // listener on <socket>_5000; both copies arrive whole.
 func TestVMVsock(t *testing.T) {
@@ -169,7 +169,7 @@ func TestVMVsock(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer back.Close()
-	payload := make([]byte, 4<<20)
+	payload := make([]byte, 1<<20)
 	for i := range payload {
 		payload[i] = byte(i*7 + i>>11)
 	}
@@ -193,7 +193,7 @@ func TestVMVsock(t *testing.T) {
 	if err := <-sent; err != nil {
 		t.Fatalf("host to guest: %v\nstdout:\n%s\nstderr:\n%s", err, r.stdout, r.stderr)
 	}
-	wantOut(t, r, "4194304")
+	wantOut(t, r, "1048576")
 	if got := <-returned; !bytes.Equal(got, payload) {
 		t.Fatalf("guest to host: %d bytes back, equal %v", len(got), bytes.Equal(got, payload))
 	}
