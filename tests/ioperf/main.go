@@ -1,11 +1,11 @@
 // Command ioperf runs inside a guest and measures a block device with
 // direct I/O, the same way under every VMM it is compared on:
 //
-//	ioperf DEVICE MiB
+//	ioperf DEVICE MiB [OPS]
 //
 // It prints one line per pattern: "ioperf <pattern> <bytes> <ops> <ns>"
-// for sequential write and read (1 MiB requests) and random 4 KiB writes
-// and reads over the first MiB mebibytes.
+// for sequential write and read (1 MiB requests) and OPS (default 4096)
+// random 4 KiB writes and reads over the first MiB mebibytes.
 package main
 
 import (
@@ -19,9 +19,15 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 3 {
-		fmt.Fprintln(os.Stderr, "usage: ioperf DEVICE MiB")
+	if len(os.Args) != 3 && len(os.Args) != 4 {
+		fmt.Fprintln(os.Stderr, "usage: ioperf DEVICE MiB [OPS]")
 		os.Exit(2)
+	}
+	randOps := 4096
+	if len(os.Args) == 4 {
+		if n, err := strconv.Atoi(os.Args[3]); err == nil && n > 0 {
+			randOps = n
+		}
 	}
 	mib, err := strconv.Atoi(os.Args[2])
 	if err != nil || mib < 1 {
@@ -65,7 +71,6 @@ func main() {
 	}
 	run("seqwrite", mib, 1<<20, func(i int) int64 { return int64(i) << 20 }, true)
 	run("seqread", mib, 1<<20, func(i int) int64 { return int64(i) << 20 }, false)
-	const randOps = 4096
 	run("randwrite", randOps, 4096, func(int) int64 { return r.Int64N(size/4096) * 4096 }, true)
 	run("randread", randOps, 4096, func(int) int64 { return r.Int64N(size/4096) * 4096 }, false)
 }
