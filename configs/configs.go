@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/ember-vmm/ember/boot"
@@ -363,22 +362,22 @@ func (v *VM) Validate() error {
 	if len(v.Drives) > MaxDrives {
 		return bad("drive", "%d drives (at most %d)", len(v.Drives), MaxDrives)
 	}
-	seen := map[string]int{}
+	var images []os.FileInfo
 	for i, d := range v.Drives {
 		key := fmt.Sprintf("drive[%d]", i)
-		if err := checkImage(d); err != nil {
+		st, err := checkImage(d)
+		if err != nil {
 			return bad(key+".path", "%v", err)
 		}
 		if len(d.ID) > 20 || strings.IndexFunc(d.ID, func(r rune) bool { return r < 0x21 || r > 0x7e }) >= 0 {
 			return bad(key+".id", "%q (expected at most 20 printable ASCII characters, no spaces)", d.ID)
 		}
-		if st, err := os.Stat(d.Path); err == nil {
-			id := fmt.Sprintf("%d:%d", st.Sys().(*syscall.Stat_t).Dev, st.Sys().(*syscall.Stat_t).Ino)
-			if j, dup := seen[id]; dup {
+		for j, o := range images {
+			if os.SameFile(st, o) {
 				return bad(key+".path", "%s is also drive[%d] (one image, one drive)", d.Path, j)
 			}
-			seen[id] = i
 		}
+		images = append(images, st)
 	}
 	if len(v.Nets) > MaxNets {
 		return bad("net", "%d interfaces (at most %d)", len(v.Nets), MaxNets)
@@ -431,30 +430,16 @@ func checkVsock(v Vsock) *keyError {
 }
 
 // checkImage checks that a drive's image is a regular file ember may open
-// as the drive needs (read-write unless read-only).
-func checkImage(d Drive) error {
+// as the drive needs (read-write unless read-only), and returns it.
+func checkImage(d Drive) (os.FileInfo, error) {
 	if d.Path == "" {
-		return errors.New("empty (expected a raw disk image file)")
-	}
-	st, err := os.Stat(d.Path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%s: no such file (create one with e.g. truncate -s 1G %s)", d.Path, d.Path)
-		}
-		return err
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s: not a regular file (a raw disk image is expected)", d.Path)
+		return nil, errors.New("empty (expected a raw disk image file)")
 	}
 	mode := os.O_RDWR
 	if d.ReadOnly {
 		mode = os.O_RDONLY
 	}
-	f, err := os.OpenFile(d.Path, mode, 0)
-	if err != nil {
-		return err
-	}
-	return f.Close()
+	return openable(d.Path, mode, fmt.Sprintf(" (create one with e.g. truncate -s 1G %s)", d.Path), " (a raw disk image is expected)")
 }
 
 func checkKernel(k string) error {
@@ -473,21 +458,28 @@ func checkKernel(k string) error {
 }
 
 func checkFile(p string) error {
+	_, err := openable(p, os.O_RDONLY, "", "")
+	return err
+}
+
+// openable checks that p is a regular file that opens with flag; the
+// hints end the "no such file" and "not a regular file" messages.
+func openable(p string, flag int, missingHint, kindHint string) (os.FileInfo, error) {
 	st, err := os.Stat(p)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%s: no such file", p)
+			return nil, fmt.Errorf("%s: no such file%s", p, missingHint)
 		}
-		return err
+		return nil, err
 	}
 	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s: not a regular file", p)
+		return nil, fmt.Errorf("%s: not a regular file%s", p, kindHint)
 	}
-	f, err := os.Open(p)
+	f, err := os.OpenFile(p, flag, 0)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return f.Close()
+	return st, f.Close()
 }
 
 // Size is a byte count written with a binary suffix: 512M, 2G.

@@ -50,31 +50,37 @@ func virtioNames(cfg Config) []string {
 // openVirtio creates the device models, opening (and locking) drive
 // images; nothing of KVM is needed yet.
 func (m *Machine) openVirtio() error {
+	// Devices are made in virtioNames' order, so each takes the name its
+	// platform entry was given.
+	names := virtioNames(m.cfg)
+	add := func(dev virtio.Device, closer func() error) {
+		m.virtio = append(m.virtio, &virtioDev{name: names[len(m.virtio)], dev: dev, closer: closer})
+	}
+	next := func() string { return names[len(m.virtio)] }
 	for i, o := range m.cfg.Drives {
-		d, err := blk.Open(o, m.devLog(fmt.Sprintf("blk%d", i)))
+		d, err := blk.Open(o, m.devLog(next()))
 		if err != nil {
 			return fmt.Errorf("drive %d: %w", i, err)
 		}
-		m.virtio = append(m.virtio, &virtioDev{name: fmt.Sprintf("blk%d", i), dev: d, closer: d.Close})
+		add(d, d.Close)
 	}
 	for i, n := range m.cfg.Nets {
-		name := fmt.Sprintf("net%d", i)
 		t, err := tap.Open(n.Tap, n.Bridge)
 		if err != nil {
 			return fmt.Errorf("net %d: %w", i, err)
 		}
-		m.log.Debug("tap attached", "dev", name, "tap", t.Name())
-		m.virtio = append(m.virtio, &virtioDev{name: name, dev: vnet.New(t, n.MAC, m.devLog(name)), closer: t.Close})
+		m.log.Debug("tap attached", "dev", next(), "tap", t.Name())
+		add(vnet.New(t, n.MAC, m.devLog(next())), t.Close)
 	}
 	if m.cfg.RNG {
-		m.virtio = append(m.virtio, &virtioDev{name: "rng", dev: rng.New(nil)})
+		add(rng.New(nil), nil)
 	}
 	if o := m.cfg.Vsock; o != nil {
-		d, err := vsock.Open(*o, m.devLog("vsock"))
+		d, err := vsock.Open(*o, m.devLog(next()))
 		if err != nil {
 			return fmt.Errorf("vsock: %w", err)
 		}
-		m.virtio = append(m.virtio, &virtioDev{name: "vsock", dev: d, closer: d.Close})
+		add(d, d.Close)
 	}
 	return nil
 }

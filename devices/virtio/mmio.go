@@ -119,9 +119,6 @@ func NewMMIO(dev Device, mem Memory, line irq.Line, notify []Notifier, log *slog
 	return t, nil
 }
 
-// Device returns the device model.
-func (t *MMIO) Device() Device { return t.dev }
-
 // Start gives the transport the context and worker group of a running
 // machine; activation starts device workers there, and they return when
 // ctx ends or the driver resets the device.

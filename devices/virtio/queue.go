@@ -27,11 +27,8 @@ const (
 	descIndirect = 4
 )
 
-// Ring flags (§2.7.6, §2.7.8).
-const (
-	availNoInterrupt = 1
-	usedNoNotify     = 1
-)
+// availNoInterrupt is the driver's "no interrupts, please" flag (§2.7.6).
+const availNoInterrupt = 1
 
 // MaxQueueSize is the largest split queue virtio allows (§2.7).
 const MaxQueueSize = 32768
@@ -120,15 +117,6 @@ func le16(b []byte) uint16 { return binary.LittleEndian.Uint16(b) }
 // availIdx is the driver's avail index, read atomically: the ring entries
 // it publishes are read after it (§2.7.13).
 func (q *Queue) availIdx() uint16 { return memory.Load16(q.avail, 2) }
-
-// Pending reports whether the driver has made buffers available that the
-// device has not taken yet.
-func (q *Queue) Pending() bool {
-	if !q.Ready() {
-		return false
-	}
-	return q.availIdx() != q.lastAvail
-}
 
 // Pop takes the next available chain, validated whole. It returns (nil,
 // nil) when the queue is empty. An error means the driver broke the rules;
@@ -249,19 +237,4 @@ func (q *Queue) NeedsInterrupt() bool {
 // setAvailEvent publishes avail_event (§2.7.10).
 func (q *Queue) setAvailEvent(v uint16) {
 	memory.Store16(q.used, 4+8*int(q.Size), v)
-}
-
-// SetNotify asks the driver to notify (or not) when it adds buffers, when
-// event indices are not in use (§2.7.10).
-func (q *Queue) SetNotify(on bool) {
-	if !q.Ready() || q.eventIdx {
-		return
-	}
-	f := memory.Load16(q.used, 0)
-	if on {
-		f &^= usedNoNotify
-	} else {
-		f |= usedNoNotify
-	}
-	memory.Store16(q.used, 0, f)
 }

@@ -13,11 +13,9 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
-)
 
-// HeaderSize is the virtio-net header (struct virtio_net_hdr_v1) the tap
-// reads and writes before each frame.
-const HeaderSize = 12
+	vnet "github.com/ember-vmm/ember/devices/virtio/net"
+)
 
 // Tap is an open TAP device.
 type Tap struct {
@@ -57,7 +55,7 @@ func Open(name, bridge string) (*Tap, error) {
 		return nil, fmt.Errorf("tap %q: %w", name, err)
 	}
 	t := &Tap{f: os.NewFile(uintptr(fd), "tap"), name: ifr.Name(), created: !existed}
-	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, HeaderSize); err != nil {
+	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnet.HeaderSize); err != nil {
 		t.Close()
 		return nil, fmt.Errorf("tap %s: virtio-net header size: %w", t.name, err)
 	}

@@ -154,9 +154,6 @@ func (d *Device) fillConfig() {
 // Close releases the image (and its lock).
 func (d *Device) Close() error { return d.f.Close() }
 
-// Path is the image file.
-func (d *Device) Path() string { return d.opts.Path }
-
 func (*Device) Type() uint32               { return virtio.TypeBlock }
 func (d *Device) Features() uint64         { return d.features }
 func (*Device) QueueMaxSizes() []uint16    { return []uint16{queueSize} }
