@@ -101,3 +101,20 @@ func Serve(ctx context.Context, a *Activation, i int, handle func(q *Queue) erro
 	}
 	return nil
 }
+
+// ServeChains is Serve for devices that complete each chain at once: on
+// every notification it hands each available chain to handle, returns it
+// to the driver with the length handle wrote, and interrupts once for the
+// batch.
+func ServeChains(ctx context.Context, a *Activation, i int, handle func(c *Chain) uint32) error {
+	return Serve(ctx, a, i, func(q *Queue) error {
+		defer a.Interrupt(i)
+		for {
+			c, err := q.Pop()
+			if err != nil || c == nil {
+				return err
+			}
+			q.Push(c, handle(c))
+		}
+	})
+}

@@ -405,6 +405,20 @@ func (t *MMIO) markNeedsReset() {
 	}
 }
 
+// QueueIndices are every ready queue's indices (Queue.Indices) by name,
+// "qN_avail", "qN_seen", "qN_used"; for a machine whose workers stopped.
+func (t *MMIO) QueueIndices() map[string]uint64 {
+	m := map[string]uint64{}
+	for i, q := range t.queues {
+		if avail, seen, used, ok := q.Indices(); ok {
+			m[fmt.Sprintf("q%d_avail", i)] = uint64(avail)
+			m[fmt.Sprintf("q%d_seen", i)] = uint64(seen)
+			m[fmt.Sprintf("q%d_used", i)] = uint64(used)
+		}
+	}
+	return m
+}
+
 // NeedsReset reports whether the device is marked DEVICE_NEEDS_RESET.
 func (t *MMIO) NeedsReset() bool { return t.needsReset.Load() }
 

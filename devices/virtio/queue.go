@@ -118,6 +118,17 @@ func le16(b []byte) uint16 { return binary.LittleEndian.Uint16(b) }
 // it publishes are read after it (§2.7.13).
 func (q *Queue) availIdx() uint16 { return memory.Load16(q.avail, 2) }
 
+// Indices are the driver's avail index and the device's next avail and
+// used entries, for reports of a stopped machine (a driver waiting on a
+// buffer the device never saw shows avail > seen); ok is false for a
+// queue not set up.
+func (q *Queue) Indices() (avail, seen, used uint16, ok bool) {
+	if !q.Ready() {
+		return 0, 0, 0, false
+	}
+	return q.availIdx(), q.lastAvail, q.usedIdx, true
+}
+
 // Pop takes the next available chain, validated whole. It returns (nil,
 // nil) when the queue is empty. An error means the driver broke the rules;
 // the queue is then unusable until reset.

@@ -101,7 +101,7 @@ func (d *Device) Activate(ctx context.Context, a *virtio.Activation) error {
 	}
 	if a.Queues[queueTX].Ready() {
 		a.Go(func() error {
-			return virtio.Serve(ctx, a, queueTX, func(q *virtio.Queue) error { return d.drainTX(a, q) })
+			return virtio.ServeChains(ctx, a, queueTX, d.transmit)
 		})
 	}
 	if a.Queues[queueRX].Ready() {
@@ -112,37 +112,25 @@ func (d *Device) Activate(ctx context.Context, a *virtio.Activation) error {
 	return nil
 }
 
-// drainTX sends every packet the guest queued to the tap (§5.1.6.2).
-func (d *Device) drainTX(a *virtio.Activation, q *virtio.Queue) error {
-	defer a.Interrupt(queueTX)
-	for {
-		c, err := q.Pop()
-		if err != nil || c == nil {
-			return err
-		}
-		d.transmit(c)
-		q.Push(c, 0)
-	}
-}
-
-// transmit sends one packet (its virtio-net header, which the tap checks,
-// and the frame) to the tap.
-func (d *Device) transmit(c *virtio.Chain) {
+// transmit sends one packet the guest queued (its virtio-net header,
+// which the tap checks, and the frame) to the tap (§5.1.6.2).
+func (d *Device) transmit(c *virtio.Chain) uint32 {
 	n := c.ReadLen()
 	if n <= HeaderSize || n > maxFrame {
 		d.stats.GuestFaults.Add(1)
 		d.log.Warn("virtio-net: transmit packet of a bad size", "bytes", n)
-		return
+		return 0
 	}
 	b := d.txBuf[:n]
 	_, _ = io.ReadFull(c.Reader(), b)
 	if _, err := d.tap.Write(b); err != nil {
 		// A full or downed tap drops the packet, as a NIC would.
 		d.stats.Errors.Add(1)
-		return
+		return 0
 	}
 	d.stats.Requests.Add(1)
 	d.stats.BytesRead.Add(n - HeaderSize)
+	return 0
 }
 
 // receive moves packets from the tap into the guest's receive buffers. It

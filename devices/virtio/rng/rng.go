@@ -42,34 +42,26 @@ func (d *Device) Activate(ctx context.Context, a *virtio.Activation) error {
 	if !a.Queues[0].Ready() {
 		return nil
 	}
-	a.Go(func() error { return virtio.Serve(ctx, a, 0, func(q *virtio.Queue) error { return d.drain(a, q) }) })
+	a.Go(func() error { return virtio.ServeChains(ctx, a, 0, d.fill) })
 	return nil
 }
 
-// drain fills every available buffer with random bytes (§5.4.6), then
-// interrupts once for the batch.
-func (d *Device) drain(a *virtio.Activation, q *virtio.Queue) error {
-	defer a.Interrupt(0)
-	for {
-		c, err := q.Pop()
-		if err != nil || c == nil {
-			return err
-		}
-		d.stats.Requests.Add(1)
-		if c.ReadLen() > 0 {
-			d.stats.GuestFaults.Add(1) // device-readable buffers mean nothing here
-		}
-		w := c.Writer()
-		for n := min(w.Len(), maxPerRequest); n > 0; {
-			k := min(n, uint64(len(d.buf)))
-			if _, err := io.ReadFull(d.src, d.buf[:k]); err != nil {
-				d.stats.Errors.Add(1)
-				break
-			}
-			_, _ = w.Write(d.buf[:k])
-			n -= k
-		}
-		d.stats.BytesWritten.Add(uint64(w.Written()))
-		q.Push(c, w.Written())
+// fill fills one buffer with random bytes (§5.4.6).
+func (d *Device) fill(c *virtio.Chain) uint32 {
+	d.stats.Requests.Add(1)
+	if c.ReadLen() > 0 {
+		d.stats.GuestFaults.Add(1) // device-readable buffers mean nothing here
 	}
+	w := c.Writer()
+	for n := min(w.Len(), maxPerRequest); n > 0; {
+		k := min(n, uint64(len(d.buf)))
+		if _, err := io.ReadFull(d.src, d.buf[:k]); err != nil {
+			d.stats.Errors.Add(1)
+			break
+		}
+		_, _ = w.Write(d.buf[:k])
+		n -= k
+	}
+	d.stats.BytesWritten.Add(uint64(w.Written()))
+	return w.Written()
 }

@@ -75,6 +75,10 @@ type queue struct {
 	freeHead         uint16
 	availIdx         uint16
 	lastUsed         uint16
+	// Descriptors published by Submit and not yet seen used, by head: a
+	// driver must not rewrite them while the device may still read them.
+	inflight map[uint16]int
+	busy     int
 }
 
 // New puts dev behind a transport over fresh fake RAM and starts it.
@@ -197,7 +201,7 @@ func (d *Driver) Init(features uint64, sizes ...uint16) {
 			size = sizes[i]
 		}
 		size = min(size, max)
-		q := &queue{size: size, desc: base}
+		q := &queue{size: size, desc: base, inflight: map[uint16]int{}}
 		q.avail = q.desc + 16*uint64(size)
 		q.use = (q.avail + 6 + 2*uint64(size) + 3) &^ 3
 		base = (q.use + 6 + 8*uint64(size) + 4095) &^ 4095
@@ -350,7 +354,16 @@ func (d *Driver) Submit(q int, indirect bool, bufs ...Buf) *Request {
 		}
 		descs = append(descs, x)
 	}
+	n := len(descs)
+	if indirect {
+		n = 1
+	}
+	if vq.busy+n > int(vq.size) {
+		d.T.Fatalf("virtiotest: queue %d: %d of %d descriptors still with the device; wait for used buffers or use a bigger queue", q, vq.busy, vq.size)
+	}
+	vq.busy += n
 	head := vq.freeHead
+	vq.inflight[head] += n
 	if indirect {
 		d.SetDesc(q, head, Desc{Addr: d.WriteTable(descs), Len: uint32(16 * len(descs)), Flags: Indirect})
 		vq.freeHead = (vq.freeHead + 1) % vq.size
@@ -418,6 +431,10 @@ func (d *Driver) NextUsed(q int, timeout time.Duration) (uint16, uint32, error) 
 	e := vq.use + 4 + 8*uint64(vq.lastUsed%vq.size)
 	id, n := d.get32(e), d.get32(e+4)
 	vq.lastUsed++
+	if k, ok := vq.inflight[uint16(id)]; ok {
+		vq.busy -= k
+		delete(vq.inflight, uint16(id))
+	}
 	return uint16(id), n, nil
 }
 

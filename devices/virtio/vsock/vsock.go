@@ -68,7 +68,25 @@ const (
 type Options struct {
 	CID uint32 `json:"cid"`
 	UDS string `json:"uds"`
+	// Listener and Dial, when both set, replace UDS and its <UDS>_<port>
+	// listeners as the host side (the relay of a VM inside a nested L1
+	// guest). Listener's connections start with the CONNECT line; Dial
+	// reaches the host listener for a port.
+	Listener Listener                                                 `json:"-"`
+	Dial     func(ctx context.Context, port uint32) (net.Conn, error) `json:"-"`
 }
+
+// Listener is where host-initiated connections come from. SetDeadline
+// must wake a blocked Accept, which then fails with a timeout error.
+type Listener interface {
+	Accept() (net.Conn, error)
+	SetDeadline(t time.Time) error
+	Close() error
+}
+
+// halfCloser is a connection whose sending side can be closed alone
+// (unix and TCP connections).
+type halfCloser interface{ CloseWrite() error }
 
 // header is struct virtio_vsock_hdr.
 type header struct {
@@ -107,13 +125,14 @@ type connKey struct{ guestPort, hostPort uint32 }
 
 const (
 	stateConnecting = iota // host-initiated, REQUEST sent, no RESPONSE yet
+	stateDialing           // guest-initiated, the host side not connected yet
 	stateEstablished
 )
 
-// conn is one stream between a guest port and a host unix connection.
+// conn is one stream between a guest port and a host connection.
 type conn struct {
 	key   connKey
-	uc    *net.UnixConn
+	uc    net.Conn // nil while dialing
 	state int
 	done  chan struct{} // closed when the connection ends
 	wakeR chan struct{} // the guest gave credit
@@ -152,7 +171,8 @@ func signal(ch chan struct{}) {
 // Device is one virtio-vsock device.
 type Device struct {
 	opts  Options
-	ln    *net.UnixListener
+	ln    Listener
+	dial  func(ctx context.Context, port uint32) (net.Conn, error)
 	log   *slog.Logger
 	stats virtio.Stats
 
@@ -170,18 +190,39 @@ func Open(o Options, log *slog.Logger) (*Device, error) {
 	if o.CID < 3 || o.CID == ^uint32(0) {
 		return nil, fmt.Errorf("cid %d: expected 3 to 4294967294 (0-2 are reserved)", o.CID)
 	}
-	if len(o.UDS) > 100 {
-		return nil, fmt.Errorf("uds %s: longer than a unix socket path may be (with the _PORT suffix)", o.UDS)
+	d := &Device{opts: o, ln: o.Listener, dial: o.Dial, log: log, conns: map[connKey]*conn{}, nextPort: firstHostPort}
+	if d.ln != nil && d.dial != nil {
+		return d, nil
 	}
-	if _, err := os.Lstat(o.UDS); err == nil {
-		return nil, fmt.Errorf("uds %s: already exists (a stale socket? remove it first)", o.UDS)
-	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: o.UDS, Net: "unix"})
+	ln, err := ListenUDS(o.UDS)
 	if err != nil {
-		return nil, fmt.Errorf("uds %s: %w", o.UDS, err)
+		return nil, err
+	}
+	d.ln, d.dial = ln, func(ctx context.Context, port uint32) (net.Conn, error) { return DialUDS(ctx, o.UDS, port) }
+	return d, nil
+}
+
+// ListenUDS listens on the device socket path, which must not exist yet;
+// closing the listener removes it.
+func ListenUDS(path string) (*net.UnixListener, error) {
+	if len(path) > 100 {
+		return nil, fmt.Errorf("uds %s: longer than a unix socket path may be (with the _PORT suffix)", path)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		return nil, fmt.Errorf("uds %s: already exists (a stale socket? remove it first)", path)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("uds %s: %w", path, err)
 	}
 	ln.SetUnlinkOnClose(true)
-	return &Device{opts: o, ln: ln, log: log, conns: map[connKey]*conn{}, nextPort: firstHostPort}, nil
+	return ln, nil
+}
+
+// DialUDS connects to the host listener for port: <path>_<port>.
+func DialUDS(ctx context.Context, path string, port uint32) (net.Conn, error) {
+	var dl net.Dialer
+	return dl.DialContext(ctx, "unix", path+"_"+strconv.FormatUint(uint64(port), 10))
 }
 
 // Close stops listening and removes the socket file.
@@ -214,7 +255,7 @@ func (d *Device) Activate(ctx context.Context, a *virtio.Activation) error {
 	_ = d.ln.SetDeadline(time.Time{})
 	context.AfterFunc(ctx, func() { _ = d.ln.SetDeadline(time.Unix(1, 0)) })
 	a.Go(func() error {
-		return virtio.Serve(ctx, a, queueTX, func(q *virtio.Queue) error { return d.drainTX(q) })
+		return virtio.ServeChains(ctx, a, queueTX, d.transmit)
 	})
 	a.Go(func() error { return virtio.Serve(ctx, a, queueRX, func(q *virtio.Queue) error { return d.fillRX(q) }) })
 	a.Go(func() error { d.accept(ctx); return nil })
@@ -263,7 +304,9 @@ func (d *Device) closeLocked(c *conn) {
 	default:
 	}
 	close(c.done)
-	_ = c.uc.Close()
+	if c.uc != nil {
+		_ = c.uc.Close()
+	}
 	delete(d.conns, c.key)
 }
 
@@ -273,26 +316,19 @@ func (d *Device) reset(c *conn) {
 	d.sendCtl(c.key, opRst, 0)
 }
 
-// drainTX handles every packet the guest sent.
-func (d *Device) drainTX(q *virtio.Queue) error {
-	defer d.act.Interrupt(queueTX)
+// transmit handles one packet the guest sent.
+func (d *Device) transmit(ch *virtio.Chain) uint32 {
+	d.stats.Requests.Add(1)
 	var hb [hdrSize]byte
-	for {
-		ch, err := q.Pop()
-		if err != nil || ch == nil {
-			return err
-		}
-		d.stats.Requests.Add(1)
-		r := ch.Reader()
-		if _, err := io.ReadFull(r, hb[:]); err != nil {
-			d.fault("packet shorter than its header (%d bytes)", ch.ReadLen())
-		} else {
-			var h header
-			h.decode(hb[:])
-			d.handle(&h, r)
-		}
-		q.Push(ch, 0)
+	r := ch.Reader()
+	if _, err := io.ReadFull(r, hb[:]); err != nil {
+		d.fault("packet shorter than its header (%d bytes)", ch.ReadLen())
+		return 0
 	}
+	var h header
+	h.decode(hb[:])
+	d.handle(&h, r)
+	return 0
 }
 
 // handle acts on one packet from the guest (§5.10.6.4).
@@ -385,28 +421,44 @@ func (d *Device) handle(h *header, r *virtio.Reader) {
 	}
 }
 
-// connectHost serves a guest's connection to host port k.hostPort: the
-// listener on <uds>_<port>. d.mu is held (a unix connect does not block).
+// connectHost serves a guest's connection to host port k.hostPort: it
+// dials off the queue worker (a listener with a full backlog, or a relay,
+// may block) and answers RESPONSE or RST; d.mu is held.
 func (d *Device) connectHost(k connKey, h *header) {
 	if len(d.conns) >= maxConns {
 		d.sendCtl(k, opRst, 0)
 		return
 	}
-	path := d.opts.UDS + "_" + strconv.FormatUint(uint64(k.hostPort), 10)
-	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		d.log.Debug("vsock: guest connection refused", "path", path, "err", err)
-		d.sendCtl(k, opRst, 0)
-		return
-	}
-	c := newConn(k, uc, stateEstablished)
+	c := newConn(k, nil, stateDialing)
 	c.peerBuf, c.peerFwd = h.bufAlloc, h.fwdCount
 	d.conns[k] = c
-	d.start(c)
-	d.sendCtl(k, opResponse, 0)
+	ctx := d.ctx
+	d.act.Go(func() error {
+		dctx, cancel := context.WithTimeout(ctx, handshake)
+		uc, err := d.dial(dctx, k.hostPort)
+		cancel()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.conns[k] != c || c.state != stateDialing {
+			// The guest reset it, or the device was reset.
+			if uc != nil {
+				uc.Close()
+			}
+			return nil
+		}
+		if err != nil {
+			d.log.Debug("vsock: guest connection refused", "port", k.hostPort, "err", err)
+			d.reset(c)
+			return nil
+		}
+		c.uc, c.state = uc, stateEstablished
+		d.start(c)
+		d.sendCtl(k, opResponse, 0)
+		return nil
+	})
 }
 
-func newConn(k connKey, uc *net.UnixConn, state int) *conn {
+func newConn(k connKey, uc net.Conn, state int) *conn {
 	return &conn{key: k, uc: uc, state: state, done: make(chan struct{}),
 		wakeR: make(chan struct{}, 1), wakeW: make(chan struct{}, 1)}
 }
@@ -478,7 +530,9 @@ func (d *Device) writer(ctx context.Context, c *conn) {
 		d.mu.Unlock()
 		if len(b) == 0 {
 			if noSend {
-				_ = c.uc.CloseWrite()
+				if hc, ok := c.uc.(halfCloser); ok {
+					_ = hc.CloseWrite()
+				}
 				return
 			}
 			select {
@@ -596,7 +650,7 @@ func (d *Device) nextPacket(room uint64) (header, []byte) {
 // accept serves host programs connecting to the device socket.
 func (d *Device) accept(ctx context.Context) {
 	for ctx.Err() == nil {
-		uc, err := d.ln.AcceptUnix()
+		uc, err := d.ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -623,7 +677,7 @@ func (d *Device) accept(ctx context.Context) {
 
 // hostConnect reads "CONNECT <port>\n" and asks the guest for the
 // connection; the guest's RESPONSE completes it.
-func (d *Device) hostConnect(ctx context.Context, uc *net.UnixConn) {
+func (d *Device) hostConnect(ctx context.Context, uc net.Conn) {
 	_ = uc.SetReadDeadline(time.Now().Add(handshake))
 	line, err := bufio.NewReader(io.LimitReader(uc, 64)).ReadString('\n')
 	_ = uc.SetReadDeadline(time.Time{})
