@@ -71,6 +71,8 @@ type consoleOut struct {
 
 	mu      sync.Mutex
 	max     int
+	before  []byte    // output written before a redirect, for oldW
+	oldW    io.Writer // the writer before a redirect
 	buf     []byte
 	spare   []byte
 	dropped uint64
@@ -169,8 +171,29 @@ func (c *consoleOut) run() {
 	}
 }
 
+// redirect sends the output from now on to w; what came before still
+// goes to the old writer.
+func (c *consoleOut) redirect(w io.Writer) {
+	c.mu.Lock()
+	c.before, c.oldW = append(c.before, c.buf...), c.w
+	c.buf, c.w = c.buf[:0], w
+	c.urgent = true
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
 // flush writes everything pending. The lock is not held while writing.
 func (c *consoleOut) flush() {
+	c.mu.Lock()
+	before, oldW := c.before, c.oldW
+	c.before = nil
+	c.mu.Unlock()
+	if len(before) > 0 {
+		_, _ = oldW.Write(before)
+	}
 	for {
 		c.mu.Lock()
 		if len(c.buf) == 0 {
@@ -181,9 +204,10 @@ func (c *consoleOut) flush() {
 		out := c.buf
 		c.buf, c.spare = c.spare[:0], nil
 		c.urgent = false
+		w := c.w
 		c.mu.Unlock()
 
-		_, err := c.w.Write(out)
+		_, err := w.Write(out)
 
 		c.mu.Lock()
 		if err != nil {

@@ -185,3 +185,18 @@ func FuzzConsoleWatch(f *testing.F) {
 		}
 	})
 }
+
+// TestConsoleOutRedirect: what the guest wrote before the redirect goes to
+// the first writer, what came after to the second, none of it lost.
+func TestConsoleOutRedirect(t *testing.T) {
+	before, after := &countingWriter{}, &countingWriter{}
+	c := newConsoleOut(before, 0, slog.New(slog.DiscardHandler))
+	c.start()
+	writeString(c, "kernel: booting\ninit: no ports")
+	c.redirect(after)
+	writeString(c, "\ncommand output\n")
+	c.stop(time.Second)
+	if before.String() != "kernel: booting\ninit: no ports" || after.String() != "\ncommand output\n" {
+		t.Fatalf("before %q, after %q", before.String(), after.String())
+	}
+}

@@ -128,6 +128,9 @@ func (h controlHandler) Mark(code uint8) {
 		}
 	}
 	h.m.mu.Unlock()
+	if code == proto.MarkStdioOnConsole && h.m.cfg.ConsoleFallback != nil {
+		h.m.console.redirect(h.m.cfg.ConsoleFallback)
+	}
 	h.m.glog.Debug("guest mark", "code", code, "since_start", t)
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,9 @@ import (
 	"github.com/ember-vmm/ember/boot"
 	"github.com/ember-vmm/ember/devices/serial"
 	"github.com/ember-vmm/ember/devices/virtio/blk"
+	"github.com/ember-vmm/ember/devices/virtio/console"
+	vfs "github.com/ember-vmm/ember/devices/virtio/fs"
+	"github.com/ember-vmm/ember/devices/virtio/ninep"
 	"github.com/ember-vmm/ember/devices/virtio/vsock"
 	"github.com/ember-vmm/ember/vmm/bus"
 	"github.com/ember-vmm/ember/vmm/kvm"
@@ -54,6 +58,17 @@ type Config struct {
 	RNG bool
 	// Nets are virtio-net interfaces over host taps.
 	Nets []Net
+	// Stdio adds a virtio-console carrying the guest command's standard
+	// streams.
+	Stdio *console.Options
+	// ConsoleFallback, with Stdio, receives the serial console from the
+	// moment the guest says its command runs there after all (a kernel
+	// without virtio-console; proto.MarkStdioOnConsole).
+	ConsoleFallback io.Writer
+	// Shares are virtio-fs devices, one per host directory.
+	Shares []vfs.Options
+	// Shares9P are virtio-9p devices, for kernels without virtiofs.
+	Shares9P []ninep.Options
 	// Vsock adds a virtio-vsock device with its host side on a unix
 	// socket; nil for none.
 	Vsock *vsock.Options
@@ -176,10 +191,19 @@ func layout(cfg Config) (*platform.Platform, boot.Params, error) {
 
 func align4(n int64) int64 { return (n + 3) &^ 3 }
 
+// fullCmdline is the platform's command line and the user's. A kernel
+// told acpi=off does not read the DSDT, so it also gets the virtio
+// devices on the command line (two declarations of one device would make
+// the second probe fail, so never both).
 func fullCmdline(plat *platform.Platform, user string) string {
 	c := plat.Cmdline()
 	if u := strings.TrimSpace(user); u != "" {
 		c += " " + u
+	}
+	if slices.Contains(strings.Fields(user), "acpi=off") {
+		if v := plat.VirtioCmdline(); v != "" {
+			c += " " + v
+		}
 	}
 	return c
 }

@@ -14,9 +14,12 @@ const (
 	// OutcomePowerOff: the guest powered off without a status: through
 	// ACPI S5, a KVM shutdown event, or by halting every vCPU for good.
 	OutcomePowerOff Outcome = "poweroff"
-	// OutcomeReset: the guest rebooted (i8042 reset, triple fault) without a
-	// status; with Panic set, after a kernel panic.
+	// OutcomeReset: the guest rebooted (i8042 reset, a KVM reset event)
+	// without a status; with Panic set, after a kernel panic.
 	OutcomeReset Outcome = "reset"
+	// OutcomeCrash: a vCPU triple-faulted (a real CPU would reset): the
+	// guest crashed without a word.
+	OutcomeCrash Outcome = "crash"
 	// OutcomePanic: the guest kernel panicked, or reported a crash.
 	OutcomePanic Outcome = "panic"
 	// OutcomeTimeout: the run's deadline passed.
@@ -44,7 +47,8 @@ type Result struct {
 	// Exits counts VM exits by reason name.
 	Exits map[string]uint64
 	// StoppedAt is each vCPU's instruction pointer when a run that was
-	// still going was stopped (timeout, cancel): where a stuck guest is.
+	// still going was stopped (timeout, cancel) or crashed: where a stuck
+	// guest is (the code there is logged at debug level).
 	StoppedAt []uint64
 	// Devices holds each virtio device's counters by device name.
 	Devices map[string]map[string]uint64

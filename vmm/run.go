@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"runtime"
 	"runtime/debug"
 	"sync"
@@ -127,10 +128,21 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 	}
 	r.Unclaimed = m.pio.Unclaimed() + m.mmio.Unclaimed()
 	r.Devices = m.deviceStats()
-	if r.Outcome == OutcomeTimeout || r.Outcome == OutcomeCanceled {
+	if r.Outcome == OutcomeTimeout || r.Outcome == OutcomeCanceled || r.Outcome == OutcomeCrash {
+		// Where each queue stood tells a driver waiting on a buffer the
+		// device never saw from one whose buffer came back unnoticed.
+		for _, v := range m.virtio {
+			if v.mmio != nil && r.Devices[v.name] != nil {
+				maps.Copy(r.Devices[v.name], v.mmio.QueueIndices())
+			}
+		}
 		for _, c := range m.vcpus {
 			if regs, err := c.GetRegs(); err == nil {
 				r.StoppedAt = append(r.StoppedAt, regs.RIP)
+				if sr, err := c.GetSregs(); err == nil {
+					m.log.Debug("vcpu stopped", "vcpu", c.ID, "rip", fmt.Sprintf("%#x", regs.RIP),
+						"rsp", fmt.Sprintf("%#x", regs.RSP), "code", fmt.Sprintf("%x", codeAt(m.mem, sr.CR0, sr.CR4, sr.CR3, regs.RIP, 32)))
+				}
 			}
 		}
 	}
@@ -241,7 +253,7 @@ func (m *Machine) handleExit(c *kvm.VCPU, reason uint32) error {
 		}
 	case kvm.ExitShutdown:
 		// Triple fault: on real hardware the CPU resets.
-		m.end(Result{Outcome: OutcomeReset, Reason: "triple fault"})
+		m.end(Result{Outcome: OutcomeCrash, Reason: fmt.Sprintf("vcpu %d triple-faulted", c.ID)})
 	case kvm.ExitSystemEvent:
 		m.end(systemEventResult(c.SystemEvent()))
 	case kvm.ExitIntr, kvm.ExitIRQWindowOpen:

@@ -7,7 +7,10 @@ import (
 
 	"github.com/ember-vmm/ember/devices/virtio"
 	"github.com/ember-vmm/ember/devices/virtio/blk"
+	"github.com/ember-vmm/ember/devices/virtio/console"
+	vfs "github.com/ember-vmm/ember/devices/virtio/fs"
 	vnet "github.com/ember-vmm/ember/devices/virtio/net"
+	"github.com/ember-vmm/ember/devices/virtio/ninep"
 	"github.com/ember-vmm/ember/devices/virtio/rng"
 	"github.com/ember-vmm/ember/devices/virtio/vsock"
 	"github.com/ember-vmm/ember/vmm/bus"
@@ -44,6 +47,15 @@ func virtioNames(cfg Config) []string {
 	if cfg.Vsock != nil {
 		names = append(names, "vsock")
 	}
+	if cfg.Stdio != nil {
+		names = append(names, "console")
+	}
+	for i := range cfg.Shares {
+		names = append(names, fmt.Sprintf("fs%d", i))
+	}
+	for i := range cfg.Shares9P {
+		names = append(names, fmt.Sprintf("9p%d", i))
+	}
 	return names
 }
 
@@ -79,6 +91,24 @@ func (m *Machine) openVirtio() error {
 		d, err := vsock.Open(*o, m.devLog(next()))
 		if err != nil {
 			return fmt.Errorf("vsock: %w", err)
+		}
+		add(d, d.Close)
+	}
+	if o := m.cfg.Stdio; o != nil {
+		d := console.New(*o, m.devLog(next()))
+		add(d, d.Close)
+	}
+	for i, o := range m.cfg.Shares {
+		d, err := vfs.Open(o, m.devLog(next()))
+		if err != nil {
+			return fmt.Errorf("share %d (%s): %w", i, o.Dir, err)
+		}
+		add(d, d.Close)
+	}
+	for i, o := range m.cfg.Shares9P {
+		d, err := ninep.Open(o, m.devLog(next()))
+		if err != nil {
+			return fmt.Errorf("9p share %d (%s): %w", i, o.Dir, err)
 		}
 		add(d, d.Close)
 	}

@@ -3,7 +3,6 @@ package vmm
 import (
 	"bytes"
 	"errors"
-	"github.com/ember-vmm/ember/devices/virtio/blk"
 	"io"
 	"os"
 	"path/filepath"
@@ -12,7 +11,9 @@ import (
 	"testing"
 
 	"github.com/ember-vmm/ember/boot"
+	"github.com/ember-vmm/ember/devices/virtio/blk"
 	"github.com/ember-vmm/ember/vmm/kvm"
+	"github.com/ember-vmm/ember/vmm/platform"
 )
 
 func TestCPUIDFor(t *testing.T) {
@@ -197,5 +198,20 @@ func TestNewNoKVM(t *testing.T) {
 	_, err := New(Config{Kernel: testKernel(t, []byte{0xf4}), CPUs: 1, Memory: 64 << 20, KVMPath: "/nonexistent/kvm"})
 	if err == nil {
 		t.Fatal("New without KVM succeeded")
+	}
+}
+
+// TestCmdlineACPIOff: only a kernel told acpi=off gets the virtio devices
+// on its command line; with ACPI they are in the DSDT alone.
+func TestCmdlineACPIOff(t *testing.T) {
+	p := platform.New()
+	if _, err := p.AddVirtioMMIO("blk0"); err != nil {
+		t.Fatal(err)
+	}
+	if c := fullCmdline(p, "quiet"); strings.Contains(c, "virtio_mmio.device=") {
+		t.Fatalf("with ACPI: %q declares devices twice", c)
+	}
+	if c := fullCmdline(p, "quiet acpi=off"); !strings.Contains(c, p.VirtioCmdline()) || p.VirtioCmdline() == "" {
+		t.Fatalf("acpi=off: %q lacks %q", c, p.VirtioCmdline())
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -21,11 +22,15 @@ import (
 	"github.com/ember-vmm/ember/boot"
 	"github.com/ember-vmm/ember/configs"
 	"github.com/ember-vmm/ember/devices/virtio/blk"
+	"github.com/ember-vmm/ember/devices/virtio/console"
+	vfs "github.com/ember-vmm/ember/devices/virtio/fs"
+	"github.com/ember-vmm/ember/devices/virtio/ninep"
 	"github.com/ember-vmm/ember/devices/virtio/vsock"
 	"github.com/ember-vmm/ember/guest/proto"
 	"github.com/ember-vmm/ember/images"
 	"github.com/ember-vmm/ember/vmm"
 	"github.com/ember-vmm/ember/vmm/nested"
+	"github.com/ember-vmm/ember/vmm/tap"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,7 +64,16 @@ type Options struct {
 	// Terminal, when set, is the terminal the user sees the console on:
 	// the guest's shell gets its size at start and on every resize.
 	Terminal *os.File
-	// Stdout receives the guest console; Stderr ember's own notices.
+	// CommandStdin is the guest command's stdin when the VM is not
+	// interactive (ember's stdin when that is not a terminal); nil gives
+	// the command end of file at once.
+	CommandStdin io.Reader
+	// ConsoleLog, when set, is a file that receives the serial console
+	// (kernel and init messages) of a VM running a command; otherwise
+	// those go to Stderr, each line prefixed "console: ".
+	ConsoleLog string
+	// Stdout receives the command's stdout (the serial console of an
+	// interactive VM); Stderr its stderr and ember's own notices.
 	Stdout, Stderr io.Writer
 	Log            *slog.Logger
 	Progress       io.Writer // human progress for long steps; nil = quiet
@@ -120,6 +134,24 @@ type Plan struct {
 	Nets []vmm.Net `json:"nets,omitempty"`
 	// Vsock is the virtio-vsock device (absolute socket path), if any.
 	Vsock *vsock.Options `json:"vsock,omitempty"`
+	// Shares are the virtio-fs devices (absolute directories); Run.Shares
+	// says where the guest mounts them.
+	Shares []vfs.Options `json:"shares,omitempty"`
+	// Shares9P are the virtio-9p devices.
+	Shares9P []ninep.Options `json:"shares_9p,omitempty"`
+	// Timeout, when set, bounds RunPlan's run (the targets of `ember
+	// test`; a single run is bounded by its caller).
+	Timeout time.Duration `json:"timeout,omitempty"`
+	// ConsoleLog is Options.ConsoleLog, absolute; appended to, not
+	// truncated, with ConsoleAppend (the inner ember of a nested run
+	// shares it with the outer one).
+	ConsoleLog    string `json:"console_log,omitempty"`
+	ConsoleAppend bool   `json:"console_append,omitempty"`
+	// VsockRelay and L1Net are set in the plan of an inner ember: its
+	// vsock device's host side is the relay to the host's socket, and
+	// L1's NICs are set up before the VM starts.
+	VsockRelay *nested.VsockRelay `json:"vsock_relay,omitempty"`
+	L1Net      *nested.L1Network  `json:"l1_net,omitempty"`
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -129,41 +161,12 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // Run refuses, it refuses before KVM is opened or an L1 guest boots. Guest
 // outcomes are in the Report, whose ExitStatus ember should exit with.
 func Run(ctx context.Context, o Options) (*Report, error) {
-	if o.Log == nil {
-		o.Log = slog.New(slog.DiscardHandler)
-	}
+	o = withLog(o)
 	cfg := o.Config
 	cache := &images.Cache{Dir: o.CacheDir, Log: o.Log, Progress: o.Progress}
-	kernel, initrd, err := resolveBoot(ctx, cache, cfg, o)
+	p, err := makePlan(ctx, cache, cfg, o)
 	if err != nil {
 		return nil, err
-	}
-	p := &Plan{Kernel: kernel, Initrd: initrd, Cmdline: cfg.Boot.Cmdline, CPUs: cfg.Machine.CPUs,
-		Memory: uint64(cfg.Machine.Memory), Run: proto.Run{Env: cfg.Run.Env}, Interactive: o.Interactive}
-	if p.Drives, err = drives(cfg); err != nil {
-		return nil, err
-	}
-	p.RNG = cfg.RNG != nil
-	if p.Nets, err = nets(cfg); err != nil {
-		return nil, err
-	}
-	if v := cfg.Vsock; v != nil {
-		uds, err := filepath.Abs(v.UDS)
-		if err != nil {
-			return nil, fmt.Errorf("vsock.uds: %w", err)
-		}
-		p.Vsock = &vsock.Options{CID: v.CID, UDS: uds}
-	}
-	switch {
-	case len(o.Command) > 0:
-		p.Run.Args = o.Command
-	case !o.Interactive:
-		p.Run.Args = cfg.Run.Command
-	}
-	if p.Interactive && o.Terminal != nil {
-		if ws, err := unix.IoctlGetWinsize(int(o.Terminal.Fd()), unix.TIOCGWINSZ); err == nil && ws.Row > 0 && ws.Col > 0 {
-			p.Run.Winsize = &proto.Winsize{Rows: ws.Row, Cols: ws.Col}
-		}
 	}
 	k, extra, err := p.check()
 	if err != nil {
@@ -187,22 +190,80 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			defer stop()
 		}
 	}
-	if accel == AccelNested && p.Vsock != nil {
-		k.Close()
-		// The inner ember's socket would live inside L1, out of the host's
-		// reach.
-		return nil, errors.New("vsock: not available with --accel nested yet (the host socket cannot reach the VM inside the L1 guest); use --accel kvm")
-	}
-	if accel == AccelNested && len(p.Nets) > 0 {
-		k.Close()
-		return nil, errors.New("net: not available with --accel nested yet (the tap would be inside the L1 guest, not on this host); use --accel kvm")
-	}
 	if accel == AccelNested {
 		k.Close()
 		return runNested(ctx, cache, o, p, in)
 	}
 	defer k.Close()
 	return runKVM(ctx, o, p, k, extra, in)
+}
+
+// makePlan resolves cfg (kernels fetched, images built, paths made
+// absolute, the command chosen) into a Plan.
+func makePlan(ctx context.Context, cache *images.Cache, cfg *configs.VM, o Options) (*Plan, error) {
+	kernel, initrd, err := resolveBoot(ctx, cache, cfg, o)
+	if err != nil {
+		return nil, err
+	}
+	p := &Plan{Kernel: kernel, Initrd: initrd, Cmdline: kernelCmdline(cfg.Boot), CPUs: cfg.Machine.CPUs,
+		Memory: uint64(cfg.Machine.Memory), Run: proto.Run{Env: cfg.Run.Env, Stdio: !o.Interactive}, Interactive: o.Interactive}
+	if o.ConsoleLog != "" {
+		if p.ConsoleLog, err = filepath.Abs(o.ConsoleLog); err != nil {
+			return nil, fmt.Errorf("--console-log: %w", err)
+		}
+	}
+	if p.Drives, err = drives(cfg); err != nil {
+		return nil, err
+	}
+	p.RNG = cfg.RNG != nil
+	if p.Nets, err = nets(cfg); err != nil {
+		return nil, err
+	}
+	for i, sh := range cfg.Shares {
+		dir, err := filepath.Abs(sh.Path)
+		if err != nil {
+			return nil, fmt.Errorf("share[%d].path: %w", i, err)
+		}
+		tag := fmt.Sprintf("share%d", i)
+		if sh.Is9P() {
+			p.Shares9P = append(p.Shares9P, ninep.Options{Tag: tag, Dir: dir, ReadOnly: sh.ReadOnly})
+		} else {
+			p.Shares = append(p.Shares, vfs.Options{Tag: tag, Dir: dir, ReadOnly: sh.ReadOnly})
+		}
+		p.Run.Shares = append(p.Run.Shares, proto.Share{Tag: tag, Path: sh.GuestPath(), ReadOnly: sh.ReadOnly, NineP: sh.Is9P()})
+	}
+	if v := cfg.Vsock; v != nil {
+		uds, err := filepath.Abs(v.UDS)
+		if err != nil {
+			return nil, fmt.Errorf("vsock.uds: %w", err)
+		}
+		p.Vsock = &vsock.Options{CID: v.CID, UDS: uds}
+	}
+	switch {
+	case len(o.Command) > 0:
+		p.Run.Args = o.Command
+	case !o.Interactive:
+		p.Run.Args = cfg.Run.Command
+	}
+	if cfg.Boot.Rootfs == "host" {
+		if err := p.hostRoot(cfg); err != nil {
+			return nil, err
+		}
+	}
+	if p.Interactive && o.Terminal != nil {
+		if ws, err := unix.IoctlGetWinsize(int(o.Terminal.Fd()), unix.TIOCGWINSZ); err == nil && ws.Row > 0 && ws.Col > 0 {
+			p.Run.Winsize = &proto.Winsize{Rows: ws.Row, Cols: ws.Col}
+		}
+	}
+	return p, nil
+}
+
+// kernelCmdline is the user's part of the kernel command line.
+func kernelCmdline(b configs.Boot) string {
+	if b.PanicOnWarn {
+		return strings.TrimSpace(b.Cmdline + " panic_on_warn=1 oops=panic")
+	}
+	return b.Cmdline
 }
 
 // drives turns the config's [[drive]] tables into device options with
@@ -251,6 +312,130 @@ func lockDrives(p *Plan, log *slog.Logger) (release func(), mounts []proto.Neste
 	return release, mounts, nil
 }
 
+// hostRoot makes the host's / the guest's root, the virtme-ng way: read-
+// only, the working directory shared writable at its path (the command
+// runs there, with the caller's environment less what should not cross),
+// and the directories of the program and of the files on its command line
+// shared read-only where the guest's tmpfs would hide them (go test builds
+// its binaries under /tmp).
+func (p *Plan) hostRoot(cfg *configs.VM) error {
+	cwd, err := os.Getwd()
+	if err != nil {
+		return fmt.Errorf("--rootfs host: %w", err)
+	}
+	add := func(tag, dir string, ro bool) {
+		p.Shares = append(p.Shares, vfs.Options{Tag: tag, Dir: dir, ReadOnly: ro, HideSpecial: dir == "/"})
+		if dir != "/" {
+			p.Run.Shares = append(p.Run.Shares, proto.Share{Tag: tag, Path: dir, ReadOnly: ro})
+		}
+	}
+	add("root", "/", true)
+	p.Run.RootTag = "root"
+	for _, d := range cfg.Boot.Tmpfs {
+		if rest, ok := strings.CutPrefix(d, "~"); ok {
+			home, err := os.UserHomeDir()
+			if err != nil {
+				return fmt.Errorf("boot.tmpfs %q: %w", d, err)
+			}
+			d = home + rest
+		}
+		d = filepath.Clean(d)
+		if st, err := os.Stat(d); err != nil || !st.IsDir() {
+			return fmt.Errorf("boot.tmpfs %q: not a directory on this host (the root is read-only in the guest: nothing can be made there)", d)
+		}
+		p.Run.Tmpfs = append(p.Run.Tmpfs, d)
+	}
+	covered := func(dir string) bool {
+		for _, s := range p.Run.Shares {
+			if dir == s.Path || strings.HasPrefix(dir, s.Path+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	if cwd != "/" && !covered(cwd) {
+		add("cwd", cwd, false)
+	}
+	for _, a := range p.Run.Args {
+		if !strings.Contains(a, "/") {
+			continue
+		}
+		if !filepath.IsAbs(a) {
+			a = filepath.Join(cwd, a)
+		}
+		st, err := os.Stat(a)
+		if err != nil {
+			continue
+		}
+		dir := a
+		if !st.IsDir() {
+			dir = filepath.Dir(a)
+		}
+		if p.underTmpfs(dir) && !covered(dir) && len(p.Shares) < configs.MaxShares+2 {
+			add(fmt.Sprintf("arg%d", len(p.Shares)), dir, true)
+		}
+	}
+	p.Run.Dir = cwd
+	p.Run.Env = append(hostEnv(os.Environ()), cfg.Run.Env...)
+	return nil
+}
+
+// guestTmpfs are the host directories the guest covers with its own tmpfs.
+var guestTmpfs = []string{"/tmp", "/var/tmp", "/run"}
+
+func (p *Plan) underTmpfs(dir string) bool {
+	for _, t := range append(slices.Clone(guestTmpfs), p.Run.Tmpfs...) {
+		if dir == t || strings.HasPrefix(dir, t+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// hostEnv is the caller's environment without what names this host's
+// session (agents, displays, terminals multiplexers, service managers).
+func hostEnv(env []string) []string {
+	drop := map[string]bool{"SSH_AUTH_SOCK": true, "SSH_AGENT_PID": true, "SSH_CONNECTION": true, "SSH_CLIENT": true,
+		"SSH_TTY": true, "DISPLAY": true, "WAYLAND_DISPLAY": true, "XAUTHORITY": true, "XDG_RUNTIME_DIR": true,
+		"XDG_SESSION_ID": true, "DBUS_SESSION_BUS_ADDRESS": true, "TMUX": true, "TMUX_PANE": true, "STY": true,
+		"WINDOWID": true, "NOTIFY_SOCKET": true, "LISTEN_FDS": true, "LISTEN_PID": true, "LISTEN_FDNAMES": true,
+		"INVOCATION_ID": true, "JOURNAL_STREAM": true, "PWD": true, "OLDPWD": true, "SHLVL": true, "_": true}
+	var out []string
+	for _, e := range env {
+		if k, _, ok := strings.Cut(e, "="); ok && !drop[k] {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// shareMounts adds p's shares to what L1 mounts: a writable share is
+// mounted read-write at its path; a read-only one is seen through L1's
+// read-only view of the host (or a read-only mount where L1's own tmpfs
+// would hide it).
+func shareMounts(mounts []proto.NestedMount, files []string, p *Plan) ([]proto.NestedMount, []string) {
+	for _, sh := range p.shareDirs() {
+		if sh.ReadOnly {
+			files = append(files, sh.Dir)
+			continue
+		}
+		if !slices.ContainsFunc(mounts, func(m proto.NestedMount) bool { return m.Path == sh.Dir }) {
+			mounts = append(mounts, proto.NestedMount{Path: sh.Dir})
+		}
+	}
+	return mounts, files
+}
+
+// shareDirs are the host directories of every share, whatever its
+// transport.
+func (p *Plan) shareDirs() []vfs.Options {
+	dirs := slices.Clone(p.Shares)
+	for _, sh := range p.Shares9P {
+		dirs = append(dirs, vfs.Options{Dir: sh.Dir, ReadOnly: sh.ReadOnly})
+	}
+	return dirs
+}
+
 // nets resolves the config's [[net]] tables; an interface without a MAC
 // gets a random locally administered one.
 func nets(cfg *configs.VM) ([]vmm.Net, error) {
@@ -282,14 +467,30 @@ func (o Options) input(p *Plan) *consoleInput {
 
 // RunPlan runs a resolved plan on KVM: the ember inside a nested L1 guest.
 func RunPlan(ctx context.Context, p *Plan, o Options) (*Report, error) {
-	if o.Log == nil {
-		o.Log = slog.New(slog.DiscardHandler)
-	}
+	o = withLog(o)
 	k, extra, err := p.check()
 	if err != nil {
 		return nil, err
 	}
 	defer k.Close()
+	if p.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.Timeout)
+		defer cancel()
+	}
+	if p.L1Net != nil {
+		if err := p.L1Net.Setup(); err != nil {
+			return nil, err
+		}
+	}
+	if r := p.VsockRelay; r != nil && p.Vsock != nil {
+		ln, dial, err := r.Vsock()
+		if err != nil {
+			return nil, err
+		}
+		defer ln.Close()
+		p.Vsock.Listener, p.Vsock.Dial = ln, dial
+	}
 	in := o.input(p)
 	if in != nil {
 		defer in.Close()
@@ -317,7 +518,7 @@ func (p *Plan) check() (*boot.Kernel, []byte, error) {
 
 func (p *Plan) vmmConfig(k *boot.Kernel, extra []byte) vmm.Config {
 	return vmm.Config{Kernel: k, Initrd: p.Initrd, Extra: extra, Cmdline: p.Cmdline, CPUs: p.CPUs, Memory: p.Memory,
-		Drives: p.Drives, RNG: p.RNG, Vsock: p.Vsock, Nets: p.Nets}
+		Drives: p.Drives, RNG: p.RNG, Vsock: p.Vsock, Nets: p.Nets, Shares: p.Shares, Shares9P: p.Shares9P}
 }
 
 func pickAccel(want string, o Options) (string, error) {
@@ -358,11 +559,21 @@ func resolveBoot(ctx context.Context, cache *images.Cache, cfg *configs.VM, o Op
 		kernel = k.Path
 	} else if kernel, err = filepath.Abs(cfg.Boot.Kernel); err != nil {
 		return "", "", err
+	} else if st, serr := os.Stat(kernel); serr == nil && st.IsDir() {
+		// A kernel build tree: its bzImage (or vmlinux), and the modules
+		// it built for the default image.
+		tree := kernel
+		if kernel, err = configs.KernelInTree(tree); err != nil {
+			return "", "", err
+		}
+		if k, err = images.TreeKernel(tree, kernel); err != nil {
+			return "", "", err
+		}
 	}
 	switch cfg.Boot.Initrd {
 	case "none", "":
 	case "default":
-		// For a kernel of the user's own, the image carries no modules.
+		// A kernel file of the user's own gets an image without modules.
 		ib, err := InitBinary(o.InitBinary)
 		if err != nil {
 			return "", "", err
@@ -406,6 +617,15 @@ func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byt
 	}
 	cfg := p.vmmConfig(k, extra)
 	cfg.Console, cfg.Input, cfg.KVMPath, cfg.Log = o.Stdout, input, o.KVMPath, o.Log
+	if p.Run.Stdio {
+		cfg.Stdio = &console.Options{Stdin: o.CommandStdin, Stdout: o.Stdout, Stderr: o.Stderr}
+		cl, closeLog, err := consoleLog(p.ConsoleLog, p.ConsoleAppend, o.Stderr)
+		if err != nil {
+			return nil, err
+		}
+		defer closeLog()
+		cfg.Console, cfg.ConsoleFallback = cl, o.Stdout
+	}
 	m, err := vmm.New(cfg)
 	if err != nil {
 		return nil, err
@@ -424,7 +644,7 @@ func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byt
 	for _, ip := range res.StoppedAt {
 		rep.StoppedAt = append(rep.StoppedAt, fmt.Sprintf("%#x", ip))
 	}
-	finish(rep, res)
+	finish(rep, res, len(p.Run.Args) > 0)
 	if res.Outcome == vmm.OutcomeCanceled && quit.Load() {
 		// Ctrl-A x: the user ended the session, as with QEMU.
 		rep.ExitStatus, rep.Message = 0, ""
@@ -432,8 +652,9 @@ func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byt
 	return rep, nil
 }
 
-// finish sets the exit status and a message for the outcome.
-func finish(rep *Report, res *vmm.Result) {
+// finish sets the exit status and a message for the outcome; command
+// says a command was to run (not an interactive shell).
+func finish(rep *Report, res *vmm.Result, command bool) {
 	switch res.Outcome {
 	case vmm.OutcomeExited:
 		s := res.Status
@@ -443,10 +664,19 @@ func finish(rep *Report, res *vmm.Result) {
 		rep.ExitStatus = proto.StatusInitFailed
 		rep.Message = "the guest init could not run the command"
 	case vmm.OutcomePowerOff, vmm.OutcomeReset:
-		rep.ExitStatus = 0
+		// ember's poweroff and reboot report status 0 first: a command
+		// whose guest ended without a status did not finish, and a script
+		// must not read that as success.
+		if command {
+			rep.ExitStatus = ExitPanic
+			rep.Message = fmt.Sprintf("the guest ended (%s: %s) before the command reported an exit status", res.Outcome, res.Reason)
+		}
 	case vmm.OutcomeCanceled:
 		rep.ExitStatus = ExitSignal
 		rep.Message = "canceled"
+	case vmm.OutcomeCrash:
+		rep.ExitStatus = ExitPanic
+		rep.Message = "guest crashed: " + res.Reason
 	case vmm.OutcomePanic:
 		rep.ExitStatus = ExitPanic
 		if res.Panic != "" {
@@ -480,29 +710,25 @@ const planFile = "plan.json"
 // kvm-amd gives a real /dev/kvm, hands it the plan, and reports what it
 // reported.
 func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in *consoleInput) (*Report, error) {
-	l1k, err := images.ResolveKernel(ctx, cache, "debian:amd64")
-	if err != nil {
-		return nil, fmt.Errorf("nested L1 kernel: %w", err)
-	}
-	ib, err := InitBinary(o.InitBinary)
+	l1, err := prepareL1(ctx, cache, o)
 	if err != nil {
 		return nil, err
 	}
-	l1i, err := cache.L1Initramfs(ctx, l1k, ib)
-	if err != nil {
-		return nil, fmt.Errorf("nested L1 initramfs: %w", err)
-	}
-	self := o.Self
-	if self == "" {
-		if self, err = os.Executable(); err != nil {
-			return nil, err
-		}
-	}
-	plan, err := json.Marshal(p)
+	release, mounts, err := lockDrives(p, o.Log)
 	if err != nil {
 		return nil, err
 	}
-	args := []string{self, "run-plan", filepath.Join(proto.IOMount, planFile),
+	defer release()
+	inner, no, closeNet, err := nestedNetwork(p, o.Log)
+	if err != nil {
+		return nil, err
+	}
+	defer closeNet()
+	plan, err := json.Marshal(inner)
+	if err != nil {
+		return nil, err
+	}
+	args := []string{l1.self, "run-plan", filepath.Join(proto.IOMount, planFile),
 		"--result-file", filepath.Join(proto.IOMount, proto.ResultFile),
 		"--log-level", levelName(o.Log),
 	}
@@ -513,21 +739,37 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in 
 	if in != nil {
 		stdin = in
 	}
-	release, mounts, err := lockDrives(p, o.Log)
-	if err != nil {
-		return nil, err
+	var stdio *nested.Stdio
+	l1Console := o.Stdout
+	if p.Run.Stdio {
+		stdio = &nested.Stdio{Stdin: o.CommandStdin, Stdout: o.Stdout, Stderr: o.Stderr}
+		cl, closeLog, err := consoleLog(p.ConsoleLog, false, o.Stderr)
+		if err != nil {
+			return nil, err
+		}
+		defer closeLog()
+		l1Console = cl
+		if p.ConsoleLog != "" {
+			// The inner ember appends the inner VM's console.
+			inner.ConsoleAppend = true
+			mounts = append(mounts, proto.NestedMount{Path: filepath.Dir(p.ConsoleLog)})
+			if plan, err = json.Marshal(inner); err != nil {
+				return nil, err
+			}
+		}
 	}
-	defer release()
 	files := []string{p.Kernel, p.Initrd}
 	for _, d := range p.Drives {
 		files = append(files, d.Path)
 	}
+	mounts, files = shareMounts(mounts, files, p)
 	res, err := nested.Run(ctx, nested.Options{
-		Kernel: l1k.Path, Initrd: l1i, Args: args, Dir: dir, Mounts: mounts,
+		Kernel: l1.kernel, Initrd: l1.initrd, Args: args, Dir: dir, Mounts: mounts,
 		CPUs: L1CPUs, MemoryMiB: L1MemoryMiB(p.Memory),
-		Stdin: stdin, Stdout: o.Stdout, Stderr: o.Stderr, Log: o.Log,
+		Stdin: stdin, Stdout: l1Console, Stderr: o.Stderr, Log: o.Log, Stdio: stdio,
 		Files:   files,
 		IOFiles: map[string][]byte{planFile: plan}, Stall: o.NestedStall,
+		Relay: no.Relay, RelayMAC: no.RelayMAC, Taps: no.Taps,
 	})
 	base.WallMS = ms(time.Since(start))
 	switch {
@@ -537,11 +779,11 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in 
 		return base, nil
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		base.Outcome = vmm.OutcomeTimeout
-		finish(base, &vmm.Result{Outcome: base.Outcome})
+		finish(base, &vmm.Result{Outcome: base.Outcome}, true)
 		return base, nil
 	case ctx.Err() != nil:
 		base.Outcome = vmm.OutcomeCanceled
-		finish(base, &vmm.Result{Outcome: base.Outcome})
+		finish(base, &vmm.Result{Outcome: base.Outcome}, true)
 		return base, nil
 	default:
 		return nil, err
@@ -560,6 +802,77 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in 
 	rep.L1BootMS = ms(res.L1Boot)
 	rep.WallMS = ms(time.Since(start))
 	return rep, nil
+}
+
+// nestedNetwork sets up, on this host, what the plan's network devices
+// need when the VM runs inside L1: the vsock socket with its relay into
+// L1, and the taps (created or attached here, as without nesting), which
+// L1 gets as NICs and bridges to the inner VM's taps. It returns the
+// inner ember's plan and the L1 options; closeNet undoes it all.
+func nestedNetwork(p *Plan, log *slog.Logger) (inner *Plan, no nested.Options, closeNet func(), err error) {
+	var closers []func() error
+	closeNet = func() {
+		for _, c := range slices.Backward(closers) {
+			_ = c()
+		}
+	}
+	cp := *p
+	inner = &cp
+	var l1 nested.L1Network
+	if p.Vsock != nil {
+		r, err := nested.StartHostRelay(p.Vsock.UDS, log)
+		if err != nil {
+			return nil, no, nil, fmt.Errorf("vsock: %w", err)
+		}
+		closers = append(closers, r.Close)
+		ir := r.Inner()
+		no.Relay, no.RelayMAC = r, nested.RandomMAC()
+		l1.RelayMAC = no.RelayMAC.String()
+		inner.Vsock, inner.VsockRelay = &vsock.Options{CID: p.Vsock.CID}, &ir
+	}
+	inner.Nets = nil
+	for i, n := range p.Nets {
+		t, err := tap.Open(n.Tap, n.Bridge)
+		if err != nil {
+			closeNet()
+			return nil, no, nil, fmt.Errorf("net %d: %w", i, err)
+		}
+		closers = append(closers, t.Close)
+		mac := nested.RandomMAC()
+		no.Taps = append(no.Taps, nested.TapNIC{File: t.File(), MAC: mac})
+		l1.Bridges = append(l1.Bridges, nested.L1Bridge{NIC: mac.String(), Name: nested.BridgeName(i)})
+		inner.Nets = append(inner.Nets, vmm.Net{Bridge: nested.BridgeName(i), MAC: n.MAC})
+	}
+	if l1.RelayMAC != "" || len(l1.Bridges) > 0 {
+		inner.L1Net = &l1
+	}
+	return inner, no, closeNet, nil
+}
+
+// l1Files are what every nested run needs: L1's kernel and image, and
+// the ember executable to run inside.
+type l1Files struct{ kernel, initrd, self string }
+
+func prepareL1(ctx context.Context, cache *images.Cache, o Options) (l1Files, error) {
+	var f l1Files
+	k, err := images.ResolveKernel(ctx, cache, "debian:amd64")
+	if err != nil {
+		return f, fmt.Errorf("nested L1 kernel: %w", err)
+	}
+	ib, err := InitBinary(o.InitBinary)
+	if err != nil {
+		return f, err
+	}
+	if f.initrd, err = cache.L1Initramfs(ctx, k, ib); err != nil {
+		return f, fmt.Errorf("nested L1 initramfs: %w", err)
+	}
+	f.kernel, f.self = k.Path, o.Self
+	if f.self == "" {
+		if f.self, err = os.Executable(); err != nil {
+			return f, err
+		}
+	}
+	return f, nil
 }
 
 // L1CPUs is the nested L1 guest's vCPU count.

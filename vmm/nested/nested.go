@@ -15,17 +15,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/ember-vmm/ember/guest/proto"
+	"github.com/ember-vmm/ember/vmm/hostio"
 	"github.com/u-root/u-root/pkg/cpio"
 	"golang.org/x/sys/unix"
 )
@@ -108,6 +109,10 @@ type Options struct {
 	Stdin io.Reader
 	// Stdout receives L1's console as it arrives; nil discards it.
 	Stdout io.Writer
+	// Stdio, when set, carries the command's standard streams over
+	// virtio-serial ports instead of L1's console (which then has only
+	// L1's own messages).
+	Stdio *Stdio
 	// Stderr receives QEMU's own diagnostics; nil discards them.
 	Stderr io.Writer
 	// Log gets progress at debug level (and raises L1's kernel log level).
@@ -121,6 +126,12 @@ type Options struct {
 	// (inside L1 at proto.IOMount/<name>): data for the command, such as
 	// the resolved VM description.
 	IOFiles map[string][]byte
+	// Relay, when set, gives L1 a user-mode NIC (with RelayMAC) that
+	// carries this vsock relay.
+	Relay    *HostRelay
+	RelayMAC net.HardwareAddr
+	// Taps are host taps L1 gets as NICs.
+	Taps []TapNIC
 	// Stall and BootLimit bound how long L1 may go without a heartbeat
 	// (zero: DefaultStall, DefaultBootLimit).
 	Stall, BootLimit time.Duration
@@ -168,11 +179,22 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	hb := filepath.Join(tmp, heartbeatFile)
 	debug := o.Log.Enabled(ctx, slog.LevelDebug)
 	args := qemuArgs(o, initrd, ioDir, hb, debug)
+	var link *stdioLink
+	if o.Stdio != nil {
+		if link, err = startStdio(tmp, o.Stdio); err != nil {
+			return nil, err
+		}
+		defer link.close()
+		args = append(args, link.args()...)
+	}
 	o.Log.Debug("nested: starting L1", "qemu", o.QEMU, "args", strings.Join(args, " "))
 
 	cmd := exec.Command(o.QEMU, args...)
 	// QEMU dies with ember (Pdeathsig) and is killed as a group on cancel.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	for _, t := range o.Taps {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, t.File)
+	}
 	var stdin io.WriteCloser
 	if o.Stdin != nil {
 		// QEMU reads a pipe, never the terminal itself: ember keeps the
@@ -182,10 +204,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			return nil, fmt.Errorf("nested: %w", err)
 		}
 	}
-	tail := &tailWriter{max: 16 << 10}
+	tail := &hostio.Tail{Max: 16 << 10}
 	cmd.Stdout = io.MultiWriter(o.Stdout, tail)
-	var qerr tailWriter
-	qerr.max = 16 << 10
+	qerr := hostio.Tail{Max: 16 << 10}
 	cmd.Stderr = io.MultiWriter(o.Stderr, &qerr)
 	cmd.WaitDelay = 5 * time.Second
 
@@ -234,6 +255,11 @@ wait:
 				kill()
 				return nil, fmt.Errorf("nested: %w: %s; it was stopped. Last console output:\n%s", ErrL1Stuck, msg, lastLines(tail.String(), tailLines))
 			}
+		}
+	}
+	if link != nil {
+		if err := link.finish(); err != nil {
+			o.Log.Warn("nested: command output", "err", err)
 		}
 	}
 	res := &Result{Wall: time.Since(start)}
@@ -408,7 +434,7 @@ func overlaidPaths(have []proto.NestedMount, paths ...string) []proto.NestedMoun
 
 // runFile is what L1's init reads: the command and where the shares are.
 func runFile(o Options) proto.Run {
-	return proto.Run{Args: o.Args, Env: o.Env, Dir: o.Dir,
+	return proto.Run{Args: o.Args, Env: o.Env, Dir: o.Dir, Stdio: o.Stdio != nil,
 		Nested: &proto.Nested{RootTag: rootTag, IOTag: ioTag, Mounts: o.Mounts, Heartbeat: heartbeatTTY}}
 }
 
@@ -471,6 +497,12 @@ func qemuArgs(o Options, initrd, ioDir, heartbeat string, debug bool) []string {
 	if debug {
 		cmdline = "console=ttyS0 loglevel=7 panic=-1"
 	}
+	// kvm-amd's virtual GIF and virtual VMLOAD/VMSAVE only help a guest
+	// that runs guests of its own, which the inner VM never does; left
+	// on, every world switch goes through more of the emulator's SVM
+	// code, where the inner guests' intermittent hangs and crashes
+	// (README, known issues) may come from.
+	cmdline += " kvm_amd.vgif=0 kvm_amd.vls=0"
 	a := []string{
 		"-accel", "tcg,thread=multi", "-cpu", "max",
 		"-smp", strconv.Itoa(o.CPUs), "-m", strconv.Itoa(o.MemoryMiB),
@@ -483,6 +515,18 @@ func qemuArgs(o Options, initrd, ioDir, heartbeat string, debug bool) []string {
 	}
 	for _, m := range o.Mounts {
 		a = append(a, "-virtfs", virtfs(m.Path, m.Tag, m.ReadOnly))
+	}
+	// NICs carry no option ROM: L1 boots straight into its kernel.
+	if o.Relay != nil {
+		a = append(a, "-netdev", "user,id=relay,hostfwd="+o.Relay.hostFwd(),
+			"-device", "virtio-net-pci,netdev=relay,romfile=,mac="+o.RelayMAC.String())
+	}
+	for i, t := range o.Taps {
+		// ExtraFiles start at descriptor 3. vhost needs /dev/vhost-net,
+		// which hosts without KVM lack.
+		id := "tap" + strconv.Itoa(i)
+		a = append(a, "-netdev", "tap,id="+id+",fd="+strconv.Itoa(3+i)+",vhost=off",
+			"-device", "virtio-net-pci,netdev="+id+",romfile=,mac="+t.MAC.String())
 	}
 	return a
 }
@@ -569,29 +613,6 @@ func (l *liveness) check(now time.Time) string {
 		return fmt.Sprintf("no heartbeat for %s", now.Sub(l.lastChange).Round(time.Second))
 	}
 	return ""
-}
-
-// tailWriter keeps the last max bytes written, for error reports.
-type tailWriter struct {
-	mu  sync.Mutex
-	buf []byte
-	max int
-}
-
-func (t *tailWriter) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if len(t.buf) > t.max {
-		t.buf = append(t.buf[:0], t.buf[len(t.buf)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailWriter) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.buf)
 }
 
 // lastLines is the last n lines of s, without carriage returns (the

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ember-vmm/ember/guest/proto"
+	"github.com/ember-vmm/ember/vmm/hostio"
 	"github.com/u-root/u-root/pkg/cpio"
 )
 
@@ -53,7 +54,7 @@ func TestQEMUArgs(t *testing.T) {
 		}
 	}
 	i := slices.Index(a, "-append")
-	if i < 0 || a[i+1] != "console=ttyS0 quiet loglevel=0 panic=-1" {
+	if i < 0 || a[i+1] != "console=ttyS0 quiet loglevel=0 panic=-1 kvm_amd.vgif=0 kvm_amd.vls=0" {
 		t.Errorf("-append: %q", a)
 	}
 	d := qemuArgs(o, "/t/initrd", "/t/io", "/t/hb", true)
@@ -227,7 +228,7 @@ func TestLastLines(t *testing.T) {
 			t.Errorf("lastLines(%q, %d) = %q, want %q", tc.in, tc.n, got, tc.want)
 		}
 	}
-	tw := &tailWriter{max: 4}
+	tw := &hostio.Tail{Max: 4}
 	_, _ = tw.Write([]byte("abc"))
 	_, _ = tw.Write([]byte("defg"))
 	if tw.String() != "defg" {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/ember-vmm/ember/boot"
 	"github.com/ember-vmm/ember/boot/aml"
@@ -262,4 +263,18 @@ func (p *Platform) Boot() boot.Platform {
 // mouse behind it).
 func (p *Platform) Cmdline() string {
 	return "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+}
+
+// VirtioCmdline declares the virtio-mmio devices on the command line
+// (virtio_mmio.device=<size>@<base>:<irq>, read by kernels built with
+// CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), for kernels that do not read the
+// DSDT. "" when there are none.
+func (p *Platform) VirtioCmdline() string {
+	var parts []string
+	for _, d := range p.devices {
+		if d.HID == "LNRO0005" {
+			parts = append(parts, fmt.Sprintf("virtio_mmio.device=%dK@%#x:%d", d.Size>>10, d.Base, d.GSI))
+		}
+	}
+	return strings.Join(parts, " ")
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -152,5 +153,20 @@ func TestDSDTDisassembles(t *testing.T) {
 		if !strings.Contains(string(dsl), want) {
 			t.Errorf("disassembly lacks %q:\n%s", want, dsl)
 		}
+	}
+}
+
+// TestVirtioCmdline: each virtio-mmio device, as the kernel's
+// virtio_mmio.device= parser reads it (<size>@<base>:<irq>).
+func TestVirtioCmdline(t *testing.T) {
+	p := New()
+	if got := p.VirtioCmdline(); got != "" {
+		t.Fatalf("no virtio devices: %q, want empty", got)
+	}
+	a, _ := p.AddVirtioMMIO("blk0")
+	b, _ := p.AddVirtioMMIO("rng")
+	want := fmt.Sprintf("virtio_mmio.device=4K@%#x:%d virtio_mmio.device=4K@%#x:%d", a.Base, a.GSI, b.Base, b.GSI)
+	if got := p.VirtioCmdline(); got != want {
+		t.Fatalf("VirtioCmdline() = %q, want %q", got, want)
 	}
 }

@@ -89,6 +89,10 @@ func (t *Tap) up(bridge string) error {
 	return nil
 }
 
+// File is the tap's open file, for handing to another process (an L1
+// guest's emulator); it stays owned by t.
+func (t *Tap) File() *os.File { return t.f }
+
 // Name is the interface name.
 func (t *Tap) Name() string { return t.name }
 
