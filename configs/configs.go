@@ -36,6 +36,8 @@ type VM struct {
 	Nets []Net `toml:"net"`
 	// Vsock, when present ([vsock]), gives the guest a virtio-vsock device.
 	Vsock *Vsock `toml:"vsock"`
+	// Shares are host directories the guest mounts ([[share]] tables).
+	Shares []Share `toml:"share"`
 	// Source is the file the config came from ("default" for the built-in).
 	Source string `toml:"-"`
 }
@@ -48,6 +50,17 @@ type Boot struct {
 	Initrd string `toml:"initrd"`
 	// Cmdline is appended to ember's own kernel command line.
 	Cmdline string `toml:"cmdline"`
+	// PanicOnWarn makes a kernel warning or oops a panic (exit 123), as
+	// kernel CI wants: panic_on_warn=1 oops=panic.
+	PanicOnWarn bool `toml:"panic_on_warn"`
+	// Rootfs is the guest's root: "initramfs" (the default) or "host":
+	// the host's / read-only over virtio-fs, with the working directory
+	// writable and tmpfs where programs write.
+	Rootfs string `toml:"rootfs"`
+	// Tmpfs are directories of the host's root that the guest covers with
+	// an empty writable tmpfs, with rootfs "host" ("~" is the caller's
+	// home directory).
+	Tmpfs []string `toml:"tmpfs"`
 }
 
 // Machine is the virtual hardware.
@@ -223,22 +236,32 @@ const maxConfigSize = 1 << 20
 // caller applies command-line overrides first and validates the result
 // once (Validate).
 func Load(path string) (*VM, error) {
+	b, err := readSmall(path, "config", "; not a VM config")
+	if err != nil {
+		return nil, err
+	}
+	return Parse(b, path)
+}
+
+// readSmall reads a regular file of at most maxConfigSize bytes; errors
+// start with what (and the path), a file too large ends with hint.
+func readSmall(path, what, hint string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	defer f.Close()
 	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("config %s: not a regular file", path)
+		return nil, fmt.Errorf("%s %s: not a regular file", what, path)
 	}
 	b, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("config %s: %w", path, err)
+		return nil, fmt.Errorf("%s %s: %w", what, path, err)
 	}
 	if len(b) > maxConfigSize {
-		return nil, fmt.Errorf("config %s: larger than %d KiB; not a VM config", path, maxConfigSize>>10)
+		return nil, fmt.Errorf("%s %s: larger than %d KiB%s", what, path, maxConfigSize>>10, hint)
 	}
-	return Parse(b, path)
+	return b, nil
 }
 
 // Parse decodes data (named name in messages) over the defaults.
@@ -265,6 +288,9 @@ func Parse(data []byte, name string) (*VM, error) {
 		}
 		if v.Vsock != nil {
 			rel(&v.Vsock.UDS)
+		}
+		for i := range v.Shares {
+			rel(&v.Shares[i].Path)
 		}
 	}
 	return v, nil
@@ -403,6 +429,112 @@ func (v *VM) Validate() error {
 			return bad("vsock."+err.key, "%s", err.msg)
 		}
 	}
+	switch v.Boot.Rootfs {
+	case "", "initramfs", "host":
+	default:
+		return bad("boot.rootfs", "%q (expected initramfs or host)", v.Boot.Rootfs)
+	}
+	if len(v.Boot.Tmpfs) > 0 && v.Boot.Rootfs != "host" {
+		return bad("boot.tmpfs", "needs rootfs = \"host\" (ember's own image is writable memory already)")
+	}
+	if len(v.Boot.Tmpfs) > MaxShares {
+		return bad("boot.tmpfs", "%d directories (at most %d)", len(v.Boot.Tmpfs), MaxShares)
+	}
+	for _, d := range v.Boot.Tmpfs {
+		if err := checkTmpfs(d); err != "" {
+			return bad("boot.tmpfs", "%q: %s", d, err)
+		}
+	}
+	if len(v.Shares) > MaxShares {
+		return bad("share", "%d shares (at most %d)", len(v.Shares), MaxShares)
+	}
+	for i, sh := range v.Shares {
+		if err := checkShare(sh, v.Shares[:i]); err != nil {
+			return bad(fmt.Sprintf("share[%d].%s", i, err.key), "%s", err.msg)
+		}
+	}
+	return nil
+}
+
+// Share is a host directory the guest mounts with virtio-fs.
+type Share struct {
+	// Path is the host directory; a relative path in a config file is
+	// relative to the file's directory.
+	Path string `toml:"path"`
+	// Guest is where the guest mounts it (default: the same path).
+	Guest string `toml:"guest"`
+	// ReadOnly refuses every change on the host side.
+	ReadOnly bool `toml:"read_only"`
+	// Transport is "virtiofs" (the default) or "9p" (virtio-9p, for
+	// kernels with 9p and without virtiofs).
+	Transport string `toml:"transport"`
+}
+
+// Is9P reports whether sh goes over virtio-9p.
+func (sh Share) Is9P() bool { return sh.Transport == "9p" }
+
+// MaxShares bounds the shares of one VM (each takes an interrupt line).
+const MaxShares = 8
+
+// shareSyntax is the --share flag's form, for messages.
+const shareSyntax = "HOSTDIR[:GUESTDIR][,ro][,9p]"
+
+// ParseShare parses the --share flag: "HOSTDIR[:GUESTDIR][,ro][,9p]".
+func ParseShare(s string) (Share, error) {
+	var sh Share
+	spec, opts, _ := strings.Cut(s, ",")
+	if opts != "" {
+		for _, o := range strings.Split(opts, ",") {
+			switch o {
+			case "ro":
+				sh.ReadOnly = true
+			case "9p", "virtiofs":
+				sh.Transport = o
+			default:
+				return sh, fmt.Errorf("%q: unknown option %q (expected %s)", s, o, shareSyntax)
+			}
+		}
+	}
+	sh.Path, sh.Guest, _ = strings.Cut(spec, ":")
+	if sh.Path == "" {
+		return sh, fmt.Errorf("%q: no host directory (expected %s)", s, shareSyntax)
+	}
+	return sh, nil
+}
+
+// GuestPath is where the guest mounts sh.
+func (sh Share) GuestPath() string {
+	if sh.Guest != "" {
+		return sh.Guest
+	}
+	abs, _ := filepath.Abs(sh.Path)
+	return abs
+}
+
+func checkShare(sh Share, before []Share) *keyError {
+	st, err := os.Stat(sh.Path)
+	switch {
+	case sh.Path == "":
+		return &keyError{"path", "empty (expected a host directory)"}
+	case err != nil:
+		return &keyError{"path", err.Error()}
+	case !st.IsDir():
+		return &keyError{"path", fmt.Sprintf("%s is not a directory", sh.Path)}
+	}
+	switch sh.Transport {
+	case "", "virtiofs", "9p":
+	default:
+		return &keyError{"transport", fmt.Sprintf("%q (expected virtiofs or 9p)", sh.Transport)}
+	}
+	g := sh.GuestPath()
+	if !filepath.IsAbs(g) || filepath.Clean(g) != g || g == "/" || strings.ContainsAny(g, "\x00\n") {
+		return &keyError{"guest", fmt.Sprintf("%q (expected an absolute, clean path other than /)", g)}
+	}
+	for j, o := range before {
+		if o.GuestPath() == g {
+			return &keyError{"guest", fmt.Sprintf("%s is also share[%d]'s mount point", g, j)}
+		}
+	}
 	return nil
 }
 
@@ -454,7 +586,27 @@ func checkKernel(k string) error {
 	if k == "" {
 		return errors.New("empty (expected a kernel path or debian:<flavour>)")
 	}
+	if st, err := os.Stat(k); err == nil && st.IsDir() {
+		_, err := KernelInTree(k)
+		return err
+	}
 	return checkFile(k)
+}
+
+// treeKernels are where a kernel build tree has its kernel, best first:
+// the bzImage (what `make` builds), then the ELF vmlinux (PVH).
+var treeKernels = []string{"arch/x86/boot/bzImage", "arch/x86_64/boot/bzImage", "vmlinux"}
+
+// KernelInTree returns the kernel built in the kernel source or build
+// directory dir.
+func KernelInTree(dir string) (string, error) {
+	for _, rel := range treeKernels {
+		p := filepath.Join(dir, rel)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p, checkFile(p)
+		}
+	}
+	return "", fmt.Errorf("%s: a directory without a built kernel (looked for %s; run make in the tree first)", dir, strings.Join(treeKernels, ", "))
 }
 
 func checkFile(p string) error {
@@ -554,3 +706,26 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 // MarshalText implements encoding.TextMarshaler.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// checkTmpfs says what is wrong with a tmpfs directory of a host root:
+// "~", "~/DIR" or an absolute path other than / and the guest's own
+// mounts.
+func checkTmpfs(d string) string {
+	rest, home := strings.CutPrefix(d, "~")
+	switch {
+	case d == "":
+		return "empty (expected an absolute directory or ~)"
+	case home && rest != "" && !strings.HasPrefix(rest, "/"):
+		return "expected ~ or ~/DIR (another user's home is not known here)"
+	case !home && !filepath.IsAbs(d):
+		return "not absolute (expected /DIR or ~)"
+	case !home && filepath.Clean(d) == "/":
+		return "the whole root cannot be a tmpfs"
+	}
+	for _, own := range []string{"/proc", "/sys", "/dev"} {
+		if c := filepath.Clean(d); c == own || strings.HasPrefix(c, own+"/") {
+			return "the guest's kernel interfaces are there"
+		}
+	}
+	return ""
+}

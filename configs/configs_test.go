@@ -87,6 +87,11 @@ func TestErrors(t *testing.T) {
 		{"timeout", "[run]\ntimeout = \"soon\"\n", `run.timeout`},
 		{"env", "[run]\nenv = [\"NOEQUALS\"]\n", `run.env`},
 		{"syntax", "[machine\n", `:1:`},
+		{"tmpfs without host root", "[boot]\ntmpfs = [\"~\"]\n", `boot.tmpfs: needs rootfs = "host"`},
+		{"tmpfs relative", "[boot]\nrootfs = \"host\"\ntmpfs = [\"home\"]\n", `boot.tmpfs: "home": not absolute`},
+		{"tmpfs other home", "[boot]\nrootfs = \"host\"\ntmpfs = [\"~bob\"]\n", `boot.tmpfs: "~bob": expected ~ or ~/DIR`},
+		{"tmpfs root", "[boot]\nrootfs = \"host\"\ntmpfs = [\"/.\"]\n", `boot.tmpfs: "/.": the whole root`},
+		{"tmpfs proc", "[boot]\nrootfs = \"host\"\ntmpfs = [\"/proc/sys\"]\n", `boot.tmpfs: "/proc/sys": the guest's kernel interfaces`},
 		{"memory not page-sized", "[machine]\nmemory = \"67108865\"\n", `machine.memory: 67108865 is not a multiple of 4K`},
 	}
 	for _, c := range cases {
@@ -150,5 +155,92 @@ func TestLoadDoesNotValidate(t *testing.T) {
 func TestLoadRefusesSpecialFiles(t *testing.T) {
 	if _, err := Load(t.TempDir()); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Fatalf("Load(dir) = %v", err)
+	}
+}
+
+func TestKernelInTree(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := KernelInTree(dir); err == nil || !strings.Contains(err.Error(), "without a built kernel") {
+		t.Fatalf("empty tree: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "vmlinux"), []byte("elf"), 0o644)
+	if p, err := KernelInTree(dir); err != nil || p != filepath.Join(dir, "vmlinux") {
+		t.Fatalf("vmlinux only: %q %v", p, err)
+	}
+	os.MkdirAll(filepath.Join(dir, "arch/x86/boot"), 0o755)
+	os.WriteFile(filepath.Join(dir, "arch/x86/boot/bzImage"), []byte("bz"), 0o644)
+	if p, err := KernelInTree(dir); err != nil || p != filepath.Join(dir, "arch/x86/boot/bzImage") {
+		t.Fatalf("bzImage first: %q %v", p, err)
+	}
+	if err := checkKernel(dir); err != nil {
+		t.Fatalf("a built tree as boot.kernel: %v", err)
+	}
+}
+
+func TestShares(t *testing.T) {
+	dir := t.TempDir()
+	os.Mkdir(filepath.Join(dir, "src"), 0o755)
+	os.WriteFile(filepath.Join(dir, "file"), nil, 0o644)
+	cfg := filepath.Join(dir, "vm.toml")
+	os.WriteFile(cfg, []byte("[[share]]\npath = \"src\"\nguest = \"/mnt/src\"\nread_only = true\n[[share]]\npath = \""+dir+"\"\n"), 0o644)
+	v, err := Load(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Shares) != 2 || v.Shares[0].Path != filepath.Join(dir, "src") || !v.Shares[0].ReadOnly || v.Shares[1].GuestPath() != dir {
+		t.Fatalf("decoded %+v", v.Shares)
+	}
+	for in, want := range map[string]Share{
+		"/a":         {Path: "/a"},
+		"/a:/b,ro":   {Path: "/a", Guest: "/b", ReadOnly: true},
+		"rel:/x":     {Path: "rel", Guest: "/x"},
+		"/a,rw":      {},
+		":/b":        {},
+		"/a:/b,ro,x": {},
+		"/a,9p":      {Path: "/a", Transport: "9p"},
+		"/a,ro,9p":   {Path: "/a", ReadOnly: true, Transport: "9p"},
+		"/a,9p,nfs":  {},
+	} {
+		got, err := ParseShare(in)
+		if want == (Share{}) {
+			if err == nil {
+				t.Errorf("%q accepted as %+v", in, got)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("%q: %+v %v, want %+v", in, got, err, want)
+		}
+	}
+	for _, c := range []struct {
+		shares []Share
+		want   string
+	}{
+		{[]Share{{Path: filepath.Join(dir, "none")}}, "share[0].path: stat"},
+		{[]Share{{Path: filepath.Join(dir, "file")}}, "share[0].path: " + filepath.Join(dir, "file") + " is not a directory"},
+		{[]Share{{Path: dir, Guest: "rel"}}, `share[0].guest: "rel"`},
+		{[]Share{{Path: dir, Guest: "/"}}, `share[0].guest: "/"`},
+		{[]Share{{Path: dir, Guest: "/a/../b"}}, `share[0].guest`},
+		{[]Share{{Path: dir, Guest: "/m"}, {Path: dir, Guest: "/m"}}, "share[1].guest: /m is also share[0]'s mount point"},
+		{[]Share{{Path: dir, Transport: "nfs"}}, `share[0].transport: "nfs" (expected virtiofs or 9p)`},
+	} {
+		v := Default()
+		v.Shares = c.shares
+		err := v.Validate()
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want %q", c.shares, err, c.want)
+		}
+	}
+}
+
+func TestTmpfs(t *testing.T) {
+	v := Default()
+	v.Boot.Rootfs = "host"
+	v.Boot.Tmpfs = []string{"~", "~/.cache", "/srv"}
+	if err := v.Validate(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -76,6 +76,11 @@ type Kernel struct {
 	Path       string // bzImage
 	ModulesDir string // .../lib/modules/<Version>
 	Config     string // the kernel's .config
+	// deps are the modules' dependencies when ModulesDir has no
+	// modules.dep (a kernel build tree), and treeSum the sum of those
+	// modules' contents.
+	deps    depGraph
+	treeSum string
 }
 
 func (c *Cache) log() *slog.Logger {

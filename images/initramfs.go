@@ -64,6 +64,10 @@ func (c *Cache) Initramfs(ctx context.Context, k *Kernel, initBin string) (strin
 		if mods, err = kernelModules(k, l2Modules, false); err != nil {
 			return "", err
 		}
+		if k.treeSum != "" {
+			// A build tree's modules change with every build of a release.
+			version += "-" + k.treeSum
+		}
 	}
 	key := initramfsKey(ib, version, mods, urootVersion, urootCommands)
 	out := filepath.Join(c.Dir, "initramfs", "ember-"+version+"-"+key+".cpio")
@@ -203,14 +207,16 @@ func cpioOK(path string) bool {
 // kernelModules resolves wanted against k's modules.dep and checks that
 // each resulting module is in the cache; paths are relative to ModulesDir.
 func kernelModules(k *Kernel, wanted []string, required bool) ([]string, error) {
-	f, err := os.Open(filepath.Join(k.ModulesDir, "modules.dep"))
-	if err != nil {
-		return nil, fmt.Errorf("kernel %s: %w", k.Version, err)
-	}
-	defer f.Close()
-	g, err := parseModulesDep(f)
-	if err != nil {
-		return nil, fmt.Errorf("kernel %s: %w", k.Version, err)
+	g := k.deps
+	if g == nil {
+		f, err := os.Open(filepath.Join(k.ModulesDir, "modules.dep"))
+		if err != nil {
+			return nil, fmt.Errorf("kernel %s: %w", k.Version, err)
+		}
+		defer f.Close()
+		if g, err = parseModulesDep(f); err != nil {
+			return nil, fmt.Errorf("kernel %s: %w", k.Version, err)
+		}
 	}
 	mods, err := g.resolve(wanted, required)
 	if err != nil {

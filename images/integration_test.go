@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -72,7 +73,7 @@ func TestIntegrationImages(t *testing.T) {
 			}
 			// A second call is served from the cache.
 			start = time.Now()
-			if k2, err := c.Kernel(ctx, fl); err != nil || *k2 != *k {
+			if k2, err := c.Kernel(ctx, fl); err != nil || !reflect.DeepEqual(k2, k) {
 				t.Errorf("cached Kernel = %+v, %v; want %+v", k2, err, k)
 			}
 			if d := time.Since(start); d > 2*time.Second {

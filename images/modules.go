@@ -28,11 +28,13 @@ var l2Modules = []string{
 	"fs/9p/9p.ko",
 	"fs/ext4/ext4.ko",
 	"crypto/crc32c_generic.ko",
+	"drivers/char/virtio_console.ko",
+	"fs/fuse/virtiofs.ko",
 }
 
 // l1Modules give --accel nested's L1 guest /dev/kvm (AMD SVM, which QEMU's
-// TCG emulates), 9p over virtio-pci for the host's files, and taps and
-// bridges for the inner VMs' networks, in the load
+// TCG emulates), 9p over virtio-pci for the host's files, and NICs, taps
+// and bridges for the inner VMs' networks, in the load
 // order of ../shared/nested-kvm.md. All are required.
 var l1Modules = []string{
 	"virt/lib/irqbypass.ko",
@@ -49,9 +51,13 @@ var l1Modules = []string{
 	"fs/netfs/netfs.ko",
 	"fs/fscache/fscache.ko",
 	"fs/9p/9p.ko",
-	// Taps and bridges for virtio-net guests of the inner ember.
+	// Taps and bridges for virtio-net guests of the inner ember, and
+	// L1's own NICs (host taps, the vsock relay).
 	"drivers/net/tun.ko",
+	"drivers/net/virtio_net.ko",
 	"net/bridge/bridge.ko",
+	// The command's standard streams (virtio-serial).
+	"drivers/char/virtio_console.ko",
 }
 
 // modName is the kernel's name for a module file: the base name without
@@ -140,7 +146,7 @@ func depGraphFromModinfo(direct map[string][]string) (depGraph, error) {
 			for _, n := range direct[m] {
 				d, ok := byName[strings.ReplaceAll(n, "-", "_")]
 				if !ok {
-					return nil, fmt.Errorf("kernel module %s needs %s, which the package lacks", m, n)
+					return nil, fmt.Errorf("kernel module %s needs %s, which is not among the kernel's modules", m, n)
 				}
 				ds = append(ds, d)
 			}

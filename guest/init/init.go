@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -52,6 +54,10 @@ func initMain() {
 	}
 	if run.Nested != nil {
 		h.exit(nestedMain(run))
+	}
+	if err := enterRoot(run); err != nil {
+		logf("%v", err)
+		h.exit(proto.StatusInitFailed)
 	}
 	h.mark(proto.MarkCommand)
 	h.exit(runCommand(run))
@@ -105,6 +111,105 @@ func mountAll(ms []mnt) error {
 	return first
 }
 
+// hostRoot is where the host's / is mounted with --rootfs host.
+const hostRoot = "/host"
+
+// enterRoot mounts the host's directories (virtio-fs) and, with a host
+// root, makes it init's root: the command needs them, so any failure
+// stops it.
+func enterRoot(r *proto.Run) error {
+	prefix := ""
+	if r.RootTag != "" {
+		prefix = hostRoot
+		if err := mountShare(proto.Share{Tag: r.RootTag, Path: "/", ReadOnly: true}, prefix); err != nil {
+			return err
+		}
+		// The guest's own kernel interfaces, and memory where programs
+		// write; a directory the host lacks is skipped (the root is
+		// read-only, nothing can be made there).
+		for _, m := range append(slices.Clone(basicMounts),
+			mnt{"tmpfs", "/var/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"}) {
+			if st, err := os.Stat(prefix + m.dst); err != nil || !st.IsDir() {
+				continue
+			}
+			if err := unix.Mount(m.src, prefix+m.dst, m.fstype, m.flags, m.data); err != nil {
+				return fmt.Errorf("host root: mount %s on %s: %w", m.fstype, m.dst, err)
+			}
+		}
+	}
+	// Outer directories first, so an inner one is not hidden; at equal
+	// depth a share goes over a tmpfs (the working directory stays the
+	// host's).
+	type dirMount struct {
+		share proto.Share
+		tmpfs bool
+	}
+	var mounts []dirMount
+	for _, d := range r.Tmpfs {
+		mounts = append(mounts, dirMount{share: proto.Share{Path: d}, tmpfs: true})
+	}
+	for _, sh := range r.Shares {
+		mounts = append(mounts, dirMount{share: sh})
+	}
+	slices.SortStableFunc(mounts, func(a, b dirMount) int {
+		return strings.Count(filepath.Clean(a.share.Path), "/") - strings.Count(filepath.Clean(b.share.Path), "/")
+	})
+	for _, m := range mounts {
+		mount := mountShare
+		if m.tmpfs {
+			mount = mountTmpfs
+		}
+		if err := mount(m.share, prefix); err != nil {
+			return err
+		}
+	}
+	if prefix == "" {
+		return nil
+	}
+	if err := unix.Chroot(prefix); err != nil {
+		return fmt.Errorf("host root: chroot: %w", err)
+	}
+	return os.Chdir("/")
+}
+
+// mountTmpfs covers a directory of the host root with an empty tmpfs
+// owned as the directory is.
+func mountTmpfs(sh proto.Share, prefix string) error {
+	dst := prefix + sh.Path
+	var st unix.Stat_t
+	if err := unix.Stat(dst, &st); err != nil {
+		return fmt.Errorf("tmpfs %s: %w", sh.Path, err)
+	}
+	data := fmt.Sprintf("mode=%o,uid=%d,gid=%d", st.Mode&0o7777, st.Uid, st.Gid)
+	if err := unix.Mount("tmpfs", dst, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
+		return fmt.Errorf("tmpfs %s: %w", sh.Path, err)
+	}
+	return nil
+}
+
+func mountShare(sh proto.Share, prefix string) error {
+	var flags uintptr
+	if sh.ReadOnly {
+		flags = unix.MS_RDONLY
+	}
+	dst := prefix + sh.Path
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return fmt.Errorf("share %s: %w", sh.Path, err)
+	}
+	fstype, data, missing := "virtiofs", "", "virtiofs (CONFIG_VIRTIO_FS; --share DIR,9p uses 9p)"
+	if sh.NineP {
+		// msize: what the device agrees to; the kernel's default is 128K.
+		fstype, data, missing = "9p", "trans=virtio,version=9p2000.L,msize=1048576,cache=mmap", "9p (CONFIG_9P_FS, CONFIG_NET_9P_VIRTIO)"
+	}
+	if err := unix.Mount(sh.Tag, dst, fstype, flags, data); err != nil {
+		if errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("share %s: this kernel has no %s", sh.Path, missing)
+		}
+		return fmt.Errorf("share %s: mount %s (%s): %w", sh.Path, sh.Tag, fstype, err)
+	}
+	return nil
+}
+
 func cmpErr(first, err error) error {
 	if first != nil {
 		return first
@@ -112,15 +217,26 @@ func cmpErr(first, err error) error {
 	return err
 }
 
+// basicMounts are the kernel's interfaces and the memory programs write
+// to, in mount order.
+var basicMounts = []mnt{
+	{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+	{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "gid=5,mode=620,ptmxmode=666"},
+	{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+	{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+}
+
 func mountBasics() {
-	_ = mountAll([]mnt{
-		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
-		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
-		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
-		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "gid=5,mode=620,ptmxmode=666"},
-		{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
-		{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
-	})
+	_ = mountAll(basicMounts)
+	// What udev would add: programs open /dev/stdout and friends.
+	for name, target := range map[string]string{"/dev/fd": "/proc/self/fd", "/dev/stdin": "/proc/self/fd/0",
+		"/dev/stdout": "/proc/self/fd/1", "/dev/stderr": "/proc/self/fd/2"} {
+		if err := os.Symlink(target, name); err != nil && !errors.Is(err, os.ErrExist) {
+			logf("%v", err)
+		}
+	}
 }
 
 // setConsole points stdio at a freshly opened /dev/console: the kernel's
@@ -212,6 +328,11 @@ func parseRun(b []byte) (*proto.Run, error) {
 			return nil, fmt.Errorf("env entry %q: want KEY=VALUE", e)
 		}
 	}
+	for _, sh := range r.Shares {
+		if sh.Tag == "" || !strings.HasPrefix(sh.Path, "/") {
+			return nil, fmt.Errorf("share %+v: want a tag and an absolute path", sh)
+		}
+	}
 	if n := r.Nested; n != nil {
 		if n.RootTag == "" || n.IOTag == "" {
 			return nil, fmt.Errorf("nested: root_tag and io_tag must be set")
@@ -263,6 +384,14 @@ func runCommand(r *proto.Run) int {
 			return status
 		}
 		logf("shell on a pseudo-terminal: %v; running it on the console", err)
+	}
+	if r.Stdio {
+		status, err := runOnPorts(args, r.Dir, false)
+		if err == nil {
+			return status
+		}
+		logf("%v; running the command on the console, which ember then passes on as its stdout", err)
+		openHost().mark(proto.MarkStdioOnConsole)
 	}
 	cmd, err := startOnConsole(args, r.Dir)
 	if err != nil {

@@ -102,6 +102,13 @@ func nestedRun(r *proto.Run) int {
 	if err := writeFileSync(filepath.Join(proto.IOMount, proto.StartedFile), ""); err != nil {
 		logf("nested: %v", err)
 	}
+	if r.Stdio {
+		status, err := runOnPorts(r.Args, dir, true)
+		if err == nil {
+			return status
+		}
+		logf("nested: %v; running ember on the console", err)
+	}
 	cmd, err := startOnConsole(r.Args, dir)
 	if err != nil {
 		logf("nested: %v", err)

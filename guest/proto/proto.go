@@ -26,6 +26,10 @@ const (
 const (
 	MarkInit    = 1 // guest init (PID 1) started: userspace is up
 	MarkCommand = 2 // the user's command is about to start
+	// MarkStdioOnConsole: Run.Stdio was asked, but the kernel has no
+	// virtio-console ports: the command's output is on the serial
+	// console, which the host then passes on as the command's stdout.
+	MarkStdioOnConsole = 3
 )
 
 // StatusInitFailed is reported through PortExit when init cannot run the
@@ -41,6 +45,25 @@ const RunFile = "/etc/ember/run.json"
 // in the order init loads them. Written by the image builder.
 const ModulesFile = "/etc/ember/modules"
 
+// Names of the virtio-console ports of Run.Stdio, as the guest finds them
+// in /sys/class/virtio-ports/*/name.
+const (
+	StdinPort  = "ember.stdin"
+	StdoutPort = "ember.stdout"
+	StderrPort = "ember.stderr"
+)
+
+// Framed output of the nested L1 guest's ports. QEMU may still hold
+// output when L1 powers off, so there the output ports carry frames: a
+// 4-byte little-endian length, then that many bytes; a zero length ends
+// the stream, and the host answers it with one byte (FrameAck) on the
+// same port once everything before it is delivered.
+const (
+	FrameHeader = 4
+	FrameMax    = 64 << 10
+	FrameAck    = 'A'
+)
+
 // Run is the content of RunFile.
 type Run struct {
 	// Args is the command and its arguments; empty means an interactive
@@ -54,10 +77,35 @@ type Run struct {
 	Shell string `json:"shell,omitempty"`
 	// Winsize is the host terminal's size, for the interactive shell.
 	Winsize *Winsize `json:"winsize,omitempty"`
+	// Stdio: the command's stdin, stdout and stderr are the virtio-console
+	// ports named StdinPort, StdoutPort and StderrPort, not the serial
+	// console (which then carries only kernel and init messages).
+	Stdio bool `json:"stdio,omitempty"`
+
+	// Shares are virtio-fs file systems init mounts before the command.
+	Shares []Share `json:"shares,omitempty"`
+	// RootTag, when set, names the virtio-fs share of the host's / that
+	// becomes the command's root (read-only, with the guest's own /proc,
+	// /sys, /dev and tmpfs on /tmp, /run and /var/tmp); Shares are then
+	// mounted inside it.
+	RootTag string `json:"root_tag,omitempty"`
+	// Tmpfs are directories of the host root covered by an empty tmpfs
+	// (with the directory's owner and mode), mounted with the shares,
+	// outer directories first.
+	Tmpfs []string `json:"tmpfs,omitempty"`
 
 	// Nested, when set, makes init act as the L1 host of --accel nested:
 	// it loads KVM, mounts the shares and runs ember itself.
 	Nested *Nested `json:"nested,omitempty"`
+}
+
+// Share is one virtio-fs mount: the device's tag and where it goes.
+type Share struct {
+	Tag      string `json:"tag"`
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+	// NineP: the share is virtio-9p (9P2000.L), not virtiofs.
+	NineP bool `json:"9p,omitempty"`
 }
 
 // Nested describes what the L1 init of --accel nested does.
