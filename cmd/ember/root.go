@@ -3,11 +3,15 @@ package main
 import (
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+
+	"github.com/ember-vmm/ember/vmm/ratelimit"
 )
 
 type globals struct {
@@ -34,12 +38,18 @@ with nested KVM (--accel nested).`,
 				return fmt.Errorf("--log-level %q: expected debug, info, warn or error", g.logLevel)
 			}
 			g.log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl}))
+			// Libraries that print through the standard log package (go-fuse
+			// does, on what a guest sends) go through ember's log at debug
+			// level, rate-limited, never straight onto stderr.
+			log.SetFlags(0)
+			slog.SetDefault(ratelimit.NewLogger(g.log, 20, time.Second))
+			slog.SetLogLoggerLevel(slog.LevelDebug)
 			return nil
 		},
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	root.PersistentFlags().StringVar(&g.cacheDir, "cache-dir", "", "kernel and image cache (default $XDG_CACHE_HOME/ember or ~/.cache/ember)")
-	root.AddCommand(newRunCmd(g), newRunPlanCmd(g), newImagesCmd(g), newVersionCmd())
+	root.AddCommand(newRunCmd(g), newRunPlanCmd(g), newTestCmd(g), newTestPlansCmd(g), newImagesCmd(g), newVersionCmd())
 	return root
 }
 

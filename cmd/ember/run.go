@@ -17,6 +17,7 @@ import (
 
 type runFlags struct {
 	kernel, initrd, cmdline, memory, accel string
+	rootfs                                 string
 	cpus                                   int
 	timeout                                time.Duration
 	env                                    []string
@@ -28,6 +29,10 @@ type runFlags struct {
 	rng                                    bool
 	vsock                                  string
 	nets                                   []string
+	shares                                 []string
+	tmpfs                                  []string
+	consoleLog                             string
+	panicOnWarn                            bool
 }
 
 // reportWriteLimit bounds the wait for a stalled stdout to take the JSON
@@ -44,8 +49,12 @@ the file. With COMMAND, the guest runs it and ember exits with its exit
 status. Without one, on a terminal you get a shell on the serial console
 (Ctrl-A x quits); without a terminal the config's run.command runs.
 
+Without a terminal, the command's stdout and stderr are ember's, byte for
+byte, and ember's stdin is the command's; kernel messages go to stderr,
+each line prefixed "console: " (or to --console-log FILE).
+
 Exit status: the command's own; 122 the nested L1 guest stopped responding;
-123 guest kernel panic; 124 timeout; 125 ember error (bad config, missing
+123 guest kernel panic or crash (triple fault); 124 timeout; 125 ember error (bad config, missing
 file, no accelerator); 127 the guest init could not start the command;
 130 ember was interrupted.`,
 		Example: `  ember run
@@ -75,9 +84,14 @@ file, no accelerator); 127 the guest init could not start the command;
 	fl.StringArrayVar(&f.env, "env", nil, "KEY=VALUE for the guest command (repeatable)")
 	fl.StringArrayVar(&f.drives, "drive", nil, "virtio disk: path=IMAGE[,ro][,id=SERIAL] (repeatable; adds to the config's drives)")
 	fl.StringArrayVar(&f.nets, "net", nil, "virtio-net over a tap: tap=NAME[,mac=MAC][,bridge=BRIDGE] (repeatable; a missing tap is created)")
+	fl.StringVar(&f.rootfs, "rootfs", "", `the guest's root: "initramfs" (ember's image) or "host" (this host's / read-only, the working directory writable, the command run there with your environment)`)
+	fl.StringArrayVar(&f.shares, "share", nil, "host directory for the guest: HOSTDIR[:GUESTDIR][,ro][,9p], over virtio-fs (virtio-9p with ,9p), mounted at GUESTDIR (default: the same path) (repeatable)")
+	fl.StringArrayVar(&f.tmpfs, "tmpfs", nil, `with --rootfs host: a host directory the guest covers with an empty writable tmpfs, "~" for your home (repeatable)`)
 	fl.BoolVar(&f.rng, "rng", false, "give the guest a virtio entropy device (/dev/hwrng)")
 	fl.StringVar(&f.vsock, "vsock", "", "virtio-vsock: cid=N,uds=PATH (host connects to PATH, writes \"CONNECT <port>\\n\"; guest reaches PATH_<port>)")
 	fl.BoolVar(&f.json, "json", false, "print a JSON result on stdout when the VM ends")
+	fl.BoolVar(&f.panicOnWarn, "panic-on-warn", false, "a kernel warning or oops panics the guest (panic_on_warn=1 oops=panic): exit 123")
+	fl.StringVar(&f.consoleLog, "console-log", "", "write the serial console (kernel and init messages) to this file instead of stderr")
 	addHiddenRunFlags(cmd, f)
 	_ = cmd.RegisterFlagCompletionFunc("accel", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 		return []string{"auto", "kvm", "nested"}, cobra.ShellCompDirectiveNoFileComp
@@ -131,6 +145,7 @@ func runVM(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 	o := launch.Options{
 		Config: cfg, Command: command, Interactive: interactive, KVMPath: f.kvmPath,
 		Stderr: os.Stderr, Log: g.log, Progress: progress(false), CacheDir: cacheDir, NestedStall: f.nestedStall,
+		ConsoleLog: f.consoleLog,
 	}
 	return runAndReport(cmd, g, f, o, true, func(o launch.Options) (*launch.Report, error) {
 		return launch.Run(cmd.Context(), o)
@@ -146,6 +161,12 @@ func runAndReport(cmd *cobra.Command, g *globals, f *runFlags, o launch.Options,
 		defer stdout.Close()
 	}
 	o.Stdout = stdout
+	if !o.Interactive && !isTerminal(os.Stdin) {
+		// The command reads ember's stdin; a terminal stays ember's.
+		in := hostio.NewInput(os.Stdin)
+		defer in.Close()
+		o.CommandStdin = in
+	}
 	if o.Interactive {
 		in := hostio.NewInput(os.Stdin)
 		defer in.Close()
@@ -237,11 +258,18 @@ func applyFlags(cmd *cobra.Command, cfg *configs.VM, f *runFlags) error {
 	if fl.Changed("kernel") {
 		cfg.Boot.Kernel = f.kernel
 	}
+	if fl.Changed("rootfs") {
+		cfg.Boot.Rootfs = f.rootfs
+	}
+	cfg.Boot.Tmpfs = append(cfg.Boot.Tmpfs, f.tmpfs...)
 	if fl.Changed("initrd") {
 		cfg.Boot.Initrd = f.initrd
 	}
 	if fl.Changed("cmdline") {
 		cfg.Boot.Cmdline = f.cmdline
+	}
+	if f.panicOnWarn {
+		cfg.Boot.PanicOnWarn = true
 	}
 	if fl.Changed("cpus") {
 		cfg.Machine.CPUs = f.cpus
@@ -271,6 +299,13 @@ func applyFlags(cmd *cobra.Command, cfg *configs.VM, f *runFlags) error {
 			return fmt.Errorf("--drive %w", err)
 		}
 		cfg.Drives = append(cfg.Drives, drive)
+	}
+	for _, sh := range f.shares {
+		share, err := configs.ParseShare(sh)
+		if err != nil {
+			return fmt.Errorf("--share %w", err)
+		}
+		cfg.Shares = append(cfg.Shares, share)
 	}
 	if f.rng {
 		cfg.RNG = &configs.RNG{}
