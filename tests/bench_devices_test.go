@@ -114,7 +114,10 @@ func runDevBench(b *testing.B, cmd *exec.Cmd, ln net.Listener) devBench {
 // kernel, initramfs, command line, guest program, disk image and tap: disk
 // throughput and IOPS with direct I/O, TCP throughput from guest to host,
 // and VM exits per MiB moved.
-func BenchmarkVMDevices(b *testing.B) {
+// benchQEMU is the QEMU that device benchmarks compare ember with; they
+// run where KVM is usable.
+func benchQEMU(b *testing.B) string {
+	b.Helper()
 	if !env.direct {
 		b.Skip("runs where KVM is usable (inside the nested L1 guest here)")
 	}
@@ -122,6 +125,11 @@ func BenchmarkVMDevices(b *testing.B) {
 	if err != nil {
 		b.Skipf("SKIP: no QEMU to compare with: %v", err)
 	}
+	return qemu
+}
+
+func BenchmarkVMDevices(b *testing.B) {
+	qemu := benchQEMU(b)
 	if _, err := os.Stat("/sys/kernel/debug/kvm"); err != nil {
 		_ = unix.Mount("debugfs", "/sys/kernel/debug", "debugfs", 0, "")
 	}

@@ -75,11 +75,18 @@ func TestInputErrors(t *testing.T) {
 		{"vsock reserved cid", []string{"run", "--vsock", "cid=2,uds=" + filepath.Join(dir, "v.sock")}, []string{"vsock.cid", "reserved"}},
 		{"vsock socket exists", []string{"run", "--vsock", "cid=3,uds=" + randomKernel}, []string{"vsock.uds", "already exists"}},
 		{"vsock bad flag", []string{"run", "--vsock", "cid=three"}, []string{"--vsock", "three"}},
-		{"vsock through nested", []string{"run", "--accel", "nested", "--vsock", "cid=3,uds=" + filepath.Join(dir, "n.sock")},
-			[]string{"vsock", "--accel nested"}},
+		{"vsock socket exists, nested", []string{"run", "--accel", "nested", "--vsock", "cid=3,uds=" + randomKernel},
+			[]string{"vsock", "already exists"}},
+		{"missing bridge, nested", []string{"run", "--accel", "nested", "--net", "bridge=no-such-br0"}, []string{"net[0].bridge", "no-such-br0"}},
 		{"bad mac", []string{"run", "--net", "tap=embx0,mac=01:00:5e:00:00:01"}, []string{"net[0].mac", "multicast"}},
 		{"missing bridge", []string{"run", "--net", "bridge=no-such-br0"}, []string{"net[0].bridge", "no-such-br0"}},
 		{"bad net flag", []string{"run", "--net", "tap=a,speed=1G"}, []string{"--net", "speed=1G"}},
+		{"missing share", []string{"run", "--share", "/no/such/dir"}, []string{"share[0].path", "/no/such/dir"}},
+		{"share of a file", []string{"run", "--share", "/etc/hostname"}, []string{"share[0].path", "not a directory"}},
+		{"bad share flag", []string{"run", "--share", "/tmp,rw"}, []string{"--share", `"rw"`}},
+		{"share guest path", []string{"run", "--share", "/tmp:relative"}, []string{"share[0].guest", "absolute"}},
+		{"tmpfs without host root", []string{"run", "--tmpfs", "~"}, []string{"boot.tmpfs", `rootfs = "host"`}},
+		{"tmpfs of a missing directory", []string{"run", "--rootfs", "host", "--tmpfs", "/no/such/dir"}, []string{"boot.tmpfs", "/no/such/dir", "not a directory"}},
 	}
 	before := leftovers(t)
 	for _, c := range cases {

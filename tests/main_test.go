@@ -22,17 +22,18 @@ import (
 
 // env carries what every test needs; filled by TestMain.
 var env struct {
-	ember    string // bin/ember
-	initBin  string // bin/ember-init
-	cacheDir string
-	inside   bool   // running inside the nested L1 guest
-	hostile  string // the hostile guest program, built on the host
-	ioperf   string // the disk benchmark guest program
-	kvmTest  string // vmm/kvm's test binary, run where KVM works
-	vmmTest  string // vmm's test binary (synthetic guests on real KVM)
-	direct   bool   // real KVM is usable here: VM tests run in this process
-	skip     string // why VM tests cannot run at all
-	images   []imageSet
+	ember      string // bin/ember
+	initBin    string // bin/ember-init
+	cacheDir   string
+	inside     bool   // running inside the nested L1 guest
+	hostile    string // the hostile guest program, built on the host
+	ioperf     string // the disk benchmark guest program
+	sharecheck string // the host-share checks, run in the guest from the share
+	kvmTest    string // vmm/kvm's test binary, run where KVM works
+	vmmTest    string // vmm's test binary (synthetic guests on real KVM)
+	direct     bool   // real KVM is usable here: VM tests run in this process
+	skip       string // why VM tests cannot run at all
+	images     []imageSet
 }
 
 type imageSet struct {
@@ -69,7 +70,8 @@ func run(m *testing.M) int {
 	for _, g := range []struct {
 		dst           *string
 		envName, name string
-	}{{&env.hostile, "EMBER_E2E_HOSTILE", "hostile"}, {&env.ioperf, "EMBER_E2E_IOPERF", "ioperf"}} {
+	}{{&env.hostile, "EMBER_E2E_HOSTILE", "hostile"}, {&env.ioperf, "EMBER_E2E_IOPERF", "ioperf"},
+		{&env.sharecheck, "EMBER_E2E_SHARECHECK", "sharecheck"}} {
 		*g.dst = os.Getenv(g.envName)
 		if *g.dst != "" {
 			continue
@@ -159,7 +161,7 @@ func runInside() int {
 		return 1
 	}
 	l1 := image(nil, "amd64")
-	args := []string{"/usr/bin/env", insideVar + "=1", "EMBER_CACHE_DIR=" + env.cacheDir, "EMBER_E2E_HOSTILE=" + env.hostile, "EMBER_E2E_IOPERF=" + env.ioperf, "EMBER_E2E_STRESS=" + os.Getenv("EMBER_E2E_STRESS"), "EMBER_E2E_KVMTEST=" + env.kvmTest, "EMBER_E2E_VMMTEST=" + env.vmmTest, "PATH=" + os.Getenv("PATH"),
+	args := []string{"/usr/bin/env", insideVar + "=1", "EMBER_CACHE_DIR=" + env.cacheDir, "EMBER_E2E_HOSTILE=" + env.hostile, "EMBER_E2E_IOPERF=" + env.ioperf, "EMBER_E2E_SHARECHECK=" + env.sharecheck, "EMBER_E2E_STRESS=" + os.Getenv("EMBER_E2E_STRESS"), "EMBER_BENCH_SHARE_FILES=" + os.Getenv("EMBER_BENCH_SHARE_FILES"), "EMBER_BENCH_SHARE_MIB=" + os.Getenv("EMBER_BENCH_SHARE_MIB"), "EMBER_E2E_KVMTEST=" + env.kvmTest, "EMBER_E2E_VMMTEST=" + env.vmmTest, "PATH=" + os.Getenv("PATH"),
 		self, "-test.v", "-test.timeout", "25m"}
 	runFilter := "VM"
 	for _, a := range os.Args[1:] {

@@ -132,7 +132,11 @@ func interactiveSession(t *testing.T, limit time.Duration, args ...string) {
 			t.Fatalf("the shell never saw a 30x120 terminal:\n%s", term.String())
 		}
 		term.typeIn("stty\r")
-		time.Sleep(3 * time.Second)
+		select {
+		case err := <-waited:
+			t.Fatalf("ember ended (%v) before the shell answered:\n%s", err, term.String())
+		case <-time.After(3 * time.Second):
+		}
 	}
 	term.resize(40, 100)
 	time.Sleep(time.Second)

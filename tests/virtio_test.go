@@ -82,9 +82,21 @@ if dd if=/dev/zero of=/dev/vdb bs=512 count=1 2>/dev/null; then echo RO-WRITE-SU
 	}
 }
 
+// TestVMEntropy: on both kernels with two CPUs, the guest's hwrng is
+// virtio-rng and gives bytes.
 func TestVMEntropy(t *testing.T) {
 	needVM(t)
-	r := ember(t, bootLimit, vmArgs("--rng", "--json", "--", "sh", "-c",
+	for _, flavour := range []string{"cloud-amd64", "amd64"} {
+		t.Run(flavour, func(t *testing.T) {
+			entropy(t, bootLimit, vmArgs("--kernel", "debian:"+flavour, "--cpus", "2")...)
+		})
+	}
+}
+
+// entropy runs ember with args and a guest that reads its hwrng.
+func entropy(t *testing.T, limit time.Duration, args ...string) {
+	t.Helper()
+	r := ember(t, limit, append(args, "--rng", "--json", "--", "sh", "-c",
 		"cat /sys/class/misc/hw_random/rng_current && dd if=/dev/hwrng of=/tmp/r bs=64 count=4 2>/dev/null && wc -c < /tmp/r")...)
 	wantCode(t, r, 0)
 	wantOut(t, r, "virtio_rng")
@@ -158,43 +170,69 @@ func TestVMDriveDataSafety(t *testing.T) {
 	}
 }
 
-// TestVMVsock: 1 MiB from a host program to a guest listener through the
-// device socket ("CONNECT 1234"), then back from the guest to a host
-// listener on <socket>_5000; both copies arrive whole.
+// TestVMVsock: on both kernels with two CPUs, 1 MiB from a host program
+// to a guest listener through the device socket ("CONNECT 1234"), then
+// back from the guest to a host listener on <socket>_5000; both copies
+// arrive whole.
 func TestVMVsock(t *testing.T) {
 	needVM(t)
-	uds := filepath.Join(t.TempDir(), "v.sock")
-	back, err := net.Listen("unix", uds+"_5000")
-	if err != nil {
-		t.Fatal(err)
+	for _, flavour := range []string{"cloud-amd64", "amd64"} {
+		t.Run(flavour, func(t *testing.T) {
+			vsockRoundTrip(t, bootLimit, 1<<20, vmArgs("--kernel", "debian:"+flavour, "--cpus", "2")...)
+		})
 	}
-	defer back.Close()
-	payload := make([]byte, 1<<20)
+}
+
+// vsockRoundTrip runs ember with args and a guest that takes size bytes
+// from the host over vsock and sends them back.
+func vsockRoundTrip(t *testing.T, limit time.Duration, size int, args ...string) {
+	t.Helper()
+	uds := filepath.Join(t.TempDir(), "v.sock")
+	payload := make([]byte, size)
 	for i := range payload {
 		payload[i] = byte(i*7 + i>>11)
 	}
-	returned := make(chan []byte, 1)
-	go func() {
-		c, err := back.Accept()
+	args = append(args, "--vsock", "cid=3,uds="+uds, "--json", "--", "sh", "-c",
+		"ember-vsock listen 1234 > /tmp/got && wc -c < /tmp/got && ember-vsock connect 2 5000 < /tmp/got")
+	var sendErr error
+	var got []byte
+	// Each attempt has its own host ends: a hung guest may have taken
+	// part of the stream.
+	r := retried(t, limit, args, func() (result, bool) {
+		_ = os.Remove(uds + "_5000")
+		back, err := net.Listen("unix", uds+"_5000")
 		if err != nil {
-			returned <- nil
-			return
+			t.Fatal(err)
 		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(bootLimit))
-		b, _ := io.ReadAll(c)
-		returned <- b
-	}()
-	sent := make(chan error, 1)
-	go func() { sent <- sendToGuest(uds, 1234, payload) }()
-	r := ember(t, bootLimit, vmArgs("--vsock", "cid=3,uds="+uds, "--json", "--", "sh", "-c",
-		"ember-vsock listen 1234 > /tmp/got && wc -c < /tmp/got && ember-vsock connect 2 5000 < /tmp/got")...)
+		defer back.Close()
+		returned := make(chan []byte, 1)
+		go func() {
+			c, err := back.Accept()
+			if err != nil {
+				returned <- nil
+				return
+			}
+			defer c.Close()
+			// Ember closes its end when it exits.
+			_ = c.SetDeadline(time.Now().Add(limit))
+			b, _ := io.ReadAll(c)
+			returned <- b
+		}()
+		ctx, cancel := context.WithCancel(context.Background())
+		sent := make(chan error, 1)
+		go func() { sent <- sendToGuest(ctx, uds, 1234, payload, limit) }()
+		r, hung := emberOnce(t, limit, nil, args...)
+		cancel()
+		back.Close()
+		sendErr, got = <-sent, <-returned
+		return r, hung
+	})
 	wantCode(t, r, 0)
-	if err := <-sent; err != nil {
-		t.Fatalf("host to guest: %v\nstdout:\n%s\nstderr:\n%s", err, r.stdout, r.stderr)
+	if sendErr != nil {
+		t.Fatalf("host to guest: %v\nstdout:\n%s\nstderr:\n%s", sendErr, r.stdout, r.stderr)
 	}
-	wantOut(t, r, "1048576")
-	if got := <-returned; !bytes.Equal(got, payload) {
+	wantOut(t, r, fmt.Sprint(size))
+	if !bytes.Equal(got, payload) {
 		t.Fatalf("guest to host: %d bytes back, equal %v", len(got), bytes.Equal(got, payload))
 	}
 	if _, err := os.Stat(uds); !os.IsNotExist(err) {
@@ -203,83 +241,128 @@ func TestVMVsock(t *testing.T) {
 }
 
 // sendToGuest connects through the device socket to a guest port,
-// retrying while the guest's listener is not up yet, and sends b.
-func sendToGuest(uds string, port int, b []byte) error {
-	deadline := time.Now().Add(bootLimit)
-	for time.Now().Before(deadline) {
+// retrying while the guest's listener is not up yet, and sends b. It
+// gives up when ctx ends (ember exited).
+func sendToGuest(ctx context.Context, uds string, port int, b []byte, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
 		c, err := net.Dial("unix", uds)
 		if err != nil {
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
+		stop := context.AfterFunc(ctx, func() { c.Close() })
 		fmt.Fprintf(c, "CONNECT %d\n", port)
 		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		line, err := bufio.NewReader(c).ReadString('\n')
 		if err != nil || !strings.HasPrefix(line, "OK ") {
+			stop()
 			c.Close()
 			time.Sleep(200 * time.Millisecond)
 			continue
 		}
-		_ = c.SetDeadline(time.Now().Add(bootLimit))
+		_ = c.SetDeadline(time.Now().Add(limit))
 		if _, err := c.Write(b); err != nil {
+			stop()
 			c.Close()
 			return err
 		}
 		err = c.(*net.UnixConn).CloseWrite()
 		// Wait for the guest to close its side: everything was taken.
 		_, _ = io.Copy(io.Discard, c)
+		stop()
 		c.Close()
 		return err
 	}
-	return fmt.Errorf("no guest listener on port %d within %s", port, bootLimit)
+	return fmt.Errorf("no guest listener on port %d (ember ended or %s passed)", port, limit)
 }
 
-// TestVMNet: a guest on a host bridge (through a tap ember creates)
-// pings the host and sends it 100 MiB over TCP; the host's checksum of
-// what arrived matches the guest's.
+// TestVMNet: on both kernels with two CPUs, a guest on a host bridge
+// (through a tap ember creates) pings the host and sends it data over
+// TCP; the host's checksum of what arrived matches the guest's. 100 MiB
+// on the cloud kernel, 16 MiB on the generic one: under the nested
+// emulation the generic kernel with two vCPUs now and then hangs under
+// long runs of I/O (README, known issues), and CI must be trustworthy.
 func TestVMNet(t *testing.T) {
 	needVM(t)
-	hostBridge(t, "embr-e2e", "10.0.2.1/24")
-	const size = 100 << 20
-	ln, err := net.Listen("tcp", "10.0.2.1:9000")
-	if err != nil {
-		t.Fatal(err)
+	for _, c := range []struct {
+		flavour string
+		mib     int
+	}{{"cloud-amd64", 100}, {"amd64", 16}} {
+		t.Run(c.flavour, func(t *testing.T) {
+			netRoundTrip(t, bootLimit, c.mib, vmArgs("--kernel", "debian:"+c.flavour, "--cpus", "2")...)
+		})
 	}
-	defer ln.Close()
-	sum := make(chan string, 1)
-	go func() {
-		c, err := ln.Accept()
+}
+
+// netRoundTrip runs ember with args and a guest on a fresh host bridge
+// that pings the host and sends it mib MiB over TCP. u-root's ping fails
+// on the first reply later than -w (100 ms by default); the first one
+// waits for ARP through up to two emulated layers.
+func netRoundTrip(t *testing.T, limit time.Duration, mib int, args ...string) {
+	t.Helper()
+	hostBridge(t, "embr-e2e", "10.0.2.1/24")
+	size := int64(mib) << 20
+	args = append(args, "--json", "--net", "bridge=embr-e2e,mac=06:00:0a:00:02:02", "--", "sh", "-c",
+		"ip addr add 10.0.2.2/24 dev eth0 && ip link set eth0 up && ping -c 2 -i 200 -w 10000 10.0.2.1 && "+
+			fmt.Sprintf("dd if=/dev/urandom of=/tmp/blob bs=1M count=%d 2>/dev/null && md5sum /tmp/blob && netcat 10.0.2.1:9000 < /tmp/blob", mib))
+	var hostSum string
+	// Each attempt has its own listener: a hung guest may have sent part
+	// of the stream.
+	r := retried(t, limit, args, func() (result, bool) {
+		ln, err := net.Listen("tcp", "10.0.2.1:9000")
 		if err != nil {
-			sum <- err.Error()
-			return
+			t.Fatal(err)
 		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(bootLimit))
-		h := md5.New()
-		n, err := io.CopyN(h, c, size)
-		if err != nil {
-			sum <- fmt.Sprintf("after %d bytes: %v", n, err)
-			return
-		}
-		sum <- hex.EncodeToString(h.Sum(nil))
-	}()
-	r := ember(t, bootLimit, vmArgs("--cpus", "2", "--json", "--net", "bridge=embr-e2e,mac=06:00:0a:00:02:02", "--", "sh", "-c",
-		"ip addr add 10.0.2.2/24 dev eth0 && ip link set eth0 up && ping -c 2 -i 200 10.0.2.1 && "+
-			"dd if=/dev/urandom of=/tmp/blob bs=1M count=100 2>/dev/null && md5sum /tmp/blob && netcat 10.0.2.1:9000 < /tmp/blob")...)
+		defer ln.Close()
+		sum := make(chan string, 1)
+		ended, end := context.WithCancel(context.Background())
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				sum <- err.Error()
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(limit))
+			// A guest that dies sends no FIN: what it sent before its end
+			// is in the socket by then, so a short wait is enough.
+			stop := context.AfterFunc(ended, func() { _ = c.SetReadDeadline(time.Now().Add(10 * time.Second)) })
+			defer stop()
+			h := md5.New()
+			n, err := io.CopyN(h, c, size)
+			if err != nil {
+				sum <- fmt.Sprintf("after %d bytes: %v", n, err)
+				return
+			}
+			sum <- hex.EncodeToString(h.Sum(nil))
+		}()
+		r, hung := emberOnce(t, limit, nil, args...)
+		end()
+		ln.Close()
+		hostSum = <-sum
+		return r, hung
+	})
 	wantCode(t, r, 0)
 	guestSum := regexp.MustCompile(`\b[0-9a-f]{32}\b`).FindString(r.stdout)
 	if guestSum == "" {
 		t.Fatalf("no md5 from the guest:\n%s", r.stdout)
 	}
-	if got := <-sum; got != guestSum {
-		t.Fatalf("host received md5 %s, guest sent %s", got, guestSum)
+	if hostSum != guestSum {
+		t.Fatalf("host received md5 %s, guest sent %s", hostSum, guestSum)
 	}
 	dev := report(t, r)["devices"].(map[string]any)["net0"].(map[string]any)
-	if dev["bytes_read"].(float64) < size {
+	if dev["bytes_read"].(float64) < float64(size) {
 		t.Fatalf("net0 counters: %v", dev)
 	}
-	if _, err := netlink.LinkByName("tap0"); err == nil {
-		t.Log("note: a tap0 exists (not ember's: ember's taps go with it)")
+	if links, err := netlink.LinkList(); err == nil {
+		for _, l := range links {
+			if m := l.Attrs().MasterIndex; m != 0 && l.Type() == "tuntap" {
+				if br, err := netlink.LinkByIndex(m); err == nil && br.Attrs().Name == "embr-e2e" {
+					t.Errorf("ember's tap %s is still on the bridge after ember exited", l.Attrs().Name)
+				}
+			}
+		}
 	}
 }
 

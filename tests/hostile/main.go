@@ -86,7 +86,14 @@ func main() {
 	}
 	m := mmio(r)
 	v := virtioWindows(r)
-	fmt.Printf("hostile: done: %d ports, %d mmio accesses, %d virtio register writes\n", n, m, v)
+	msg := fmt.Sprintf("hostile: done: %d ports, %d mmio accesses, %d virtio register writes\n", n, m, v)
+	// The garbage reached the console device that carries stdout too: say
+	// it on the serial console as well (ember's stderr).
+	fmt.Print(msg)
+	if f, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
+		f.WriteString(msg)
+		f.Close()
+	}
 }
 
 // virtioWindows unbinds the guest's virtio-mmio drivers (so /dev/mem may
