@@ -44,12 +44,18 @@ func retried(t testing.TB, limit time.Duration, args []string, try func() (resul
 	t.Helper()
 	r, hung := try()
 	// A crash of the emulated CPU shows as a triple fault, or as a reset
-	// (the kernel's panic=-1 reboot) before the command reported.
+	// (the kernel's panic=-1 reboot) before the command reported; the
+	// nested L1 guest itself can lock up too (exit 122).
 	out := r.stdout + r.stderr
-	if crashed := r.code == 123 && (strings.Contains(out, "triple-faulted") || strings.Contains(out, "ended (reset")); hung || crashed {
+	crashed := r.code == 123 && (strings.Contains(out, "triple-faulted") || strings.Contains(out, "ended (reset"))
+	stuck := r.code == 122 && strings.Contains(out, "stopped responding")
+	if hung || crashed || stuck {
 		what := "was still running after " + limit.String()
-		if crashed {
+		switch {
+		case crashed:
 			what = "ended with a crash (" + crashLine(out) + ")"
+		case stuck:
+			what = "lost its nested L1 guest (exit 122)"
 		}
 		t.Logf("RETRY: ember %s %s (stopped at %s); running it once more\nstdout:\n%s\nstderr:\n%s",
 			strings.Join(args, " "), what, stoppedAt(r.stdout), clip(r.stdout), clip(r.stderr))
