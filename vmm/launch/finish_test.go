@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ember-vmm/ember/configs"
 	"github.com/ember-vmm/ember/vmm"
 )
 
@@ -28,6 +29,28 @@ func TestFinishUnreportedEnd(t *testing.T) {
 		}
 		if c.want == ExitPanic && !strings.Contains(rep.Message, "before the command reported") {
 			t.Errorf("%s: message %q", c.outcome, rep.Message)
+		}
+	}
+}
+
+func TestOwnInitRunsNoDefaultCommand(t *testing.T) {
+	for _, c := range []struct {
+		initrd  string
+		command []string
+		want    bool
+	}{
+		{"default", nil, false},
+		{"/tmp/my.cpio", nil, true},
+		{"none", nil, true},
+		{"/tmp/my.cpio", []string{"/bin/mytest"}, false},
+	} {
+		cfg := configs.Default()
+		cfg.Boot.Initrd = c.initrd
+		if c.command != nil {
+			cfg.Run.Command = c.command
+		}
+		if got := ownInit(cfg); got != c.want {
+			t.Errorf("initrd %q command %v: ownInit %v, want %v", c.initrd, c.command, got, c.want)
 		}
 	}
 }

@@ -172,7 +172,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	accel, err := pickAccel(cfg.Machine.Accel, o)
+	accel, err := PickAccel(cfg.Machine.Accel, o)
 	if err != nil {
 		k.Close()
 		return nil, err
@@ -242,7 +242,7 @@ func makePlan(ctx context.Context, cache *images.Cache, cfg *configs.VM, o Optio
 	switch {
 	case len(o.Command) > 0:
 		p.Run.Args = o.Command
-	case !o.Interactive:
+	case !o.Interactive && !ownInit(cfg):
 		p.Run.Args = cfg.Run.Command
 	}
 	if cfg.Boot.Rootfs == "host" {
@@ -521,7 +521,10 @@ func (p *Plan) vmmConfig(k *boot.Kernel, extra []byte) vmm.Config {
 		Drives: p.Drives, RNG: p.RNG, Vsock: p.Vsock, Nets: p.Nets, Shares: p.Shares, Shares9P: p.Shares9P}
 }
 
-func pickAccel(want string, o Options) (string, error) {
+// PickAccel resolves an --accel value (auto, kvm, nested) to the
+// accelerator that will run: auto takes KVM when it can boot stock
+// kernels here and says so on o.Stderr when it falls back to nested.
+func PickAccel(want string, o Options) (string, error) {
 	path := o.KVMPath
 	if path == "" {
 		path = "/dev/kvm"
@@ -587,6 +590,13 @@ func resolveBoot(ctx context.Context, cache *images.Cache, cfg *configs.VM, o Op
 		}
 	}
 	return kernel, initrd, nil
+}
+
+// ownInit: the VM boots an initramfs of the user's own with ember's
+// default command (ember-info, which only ember's image has), so it runs
+// no command: the guest's own init runs, and its power-off is the end.
+func ownInit(cfg *configs.VM) bool {
+	return cfg.Boot.Initrd != "default" && slices.Equal(cfg.Run.Command, configs.Default().Run.Command)
 }
 
 // InitBinary returns the guest init to put into images: path if given,
@@ -873,6 +883,42 @@ func prepareL1(ctx context.Context, cache *images.Cache, o Options) (l1Files, er
 		}
 	}
 	return f, nil
+}
+
+// L1Run is an ember command run inside one L1 guest.
+type L1Run struct {
+	// Args follow the ember executable; InL1 adds --result-file (in the
+	// IO share) and --log-level.
+	Args []string
+	// Files and Mounts are host paths the command uses (nested.Options).
+	Files  []string
+	Mounts []proto.NestedMount
+	// IOFiles are the command's input files, at proto.IOMount/<name>.
+	IOFiles   map[string][]byte
+	MemoryMiB int
+}
+
+// InL1 runs r inside one L1 guest, its console going to o.Stderr. The
+// result's ResultJSON is what the inner ember wrote to its result file.
+func InL1(ctx context.Context, cache *images.Cache, o Options, r L1Run) (*nested.Result, error) {
+	o = withLog(o)
+	l1, err := prepareL1(ctx, cache, o)
+	if err != nil {
+		return nil, err
+	}
+	dir, _ := os.Getwd()
+	args := append([]string{l1.self}, r.Args...)
+	args = append(args, "--result-file", filepath.Join(proto.IOMount, proto.ResultFile), "--log-level", levelName(o.Log))
+	res, err := nested.Run(ctx, nested.Options{
+		Kernel: l1.kernel, Initrd: l1.initrd, Args: args, Dir: dir, Mounts: r.Mounts,
+		CPUs: L1CPUs, MemoryMiB: r.MemoryMiB,
+		Stdout: o.Stderr, Stderr: o.Stderr, Log: o.Log, Files: r.Files,
+		IOFiles: r.IOFiles, Stall: o.NestedStall,
+	})
+	if err != nil && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return res, err
 }
 
 // L1CPUs is the nested L1 guest's vCPU count.

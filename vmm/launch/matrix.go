@@ -16,7 +16,6 @@ import (
 	"github.com/ember-vmm/ember/images"
 	"github.com/ember-vmm/ember/vmm"
 	"github.com/ember-vmm/ember/vmm/hostio"
-	"github.com/ember-vmm/ember/vmm/nested"
 )
 
 // Results of an `ember test` target.
@@ -106,7 +105,7 @@ func RunMatrix(ctx context.Context, m *configs.Matrix, accel string, o Options, 
 		mp.Names = append(mp.Names, t.Name)
 		mp.Kernels = append(mp.Kernels, vm.Boot.Kernel)
 	}
-	acc, err := pickAccel(accel, o)
+	acc, err := PickAccel(accel, o)
 	if err != nil {
 		return nil, err
 	}
@@ -210,10 +209,6 @@ const testPlansFile = "test-plans.json"
 // runMatrixNested runs every plan inside one L1 guest: the ember there
 // runs them as on KVM and writes their results to the IO share.
 func runMatrixNested(ctx context.Context, cache *images.Cache, o Options, mp *TestPlans, rep *MatrixReport, done func(TargetResult)) error {
-	l1, err := prepareL1(ctx, cache, o)
-	if err != nil {
-		return err
-	}
 	b, err := json.Marshal(mp)
 	if err != nil {
 		return err
@@ -238,19 +233,11 @@ func runMatrixNested(ctx context.Context, cache *images.Cache, o Options, mp *Te
 		need += mems[k]
 		mems[k] = 0
 	}
-	dir, _ := os.Getwd()
-	args := []string{l1.self, "test-plans", filepath.Join(proto.IOMount, testPlansFile),
-		"--result-file", filepath.Join(proto.IOMount, proto.ResultFile), "--log-level", levelName(o.Log)}
-	res, err := nested.Run(ctx, nested.Options{
-		Kernel: l1.kernel, Initrd: l1.initrd, Args: args, Dir: dir, Mounts: mounts,
-		CPUs: L1CPUs, MemoryMiB: L1MemoryMiB(need),
-		Stdout: o.Stderr, Stderr: o.Stderr, Log: o.Log, Files: files,
-		IOFiles: map[string][]byte{testPlansFile: b}, Stall: o.NestedStall,
+	res, err := InL1(ctx, cache, o, L1Run{
+		Args:  []string{"test-plans", filepath.Join(proto.IOMount, testPlansFile)},
+		Files: files, Mounts: mounts, IOFiles: map[string][]byte{testPlansFile: b}, MemoryMiB: L1MemoryMiB(need),
 	})
 	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
 		return err
 	}
 	rep.L1BootMS = ms(res.L1Boot)
