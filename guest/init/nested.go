@@ -29,6 +29,8 @@ func nestedMounts(n *proto.Nested) []mnt {
 		{n.RootTag, r, "9p", unix.MS_RDONLY, p9Opts + ",cache=loose"},
 		{"proc", r + "/proc", "proc", 0, ""},
 		{"sysfs", r + "/sys", "sysfs", 0, ""},
+		// Container runtimes in L1 (ember bench) need the cgroup tree.
+		{"cgroup2", r + "/sys/fs/cgroup", "cgroup2", 0, ""},
 		{"devtmpfs", r + "/dev", "devtmpfs", 0, ""},
 		{"devpts", r + "/dev/pts", "devpts", 0, "ptmxmode=666"},
 		{"tmpfs", r + "/tmp", "tmpfs", 0, "mode=1777"},
