@@ -49,7 +49,7 @@ with nested KVM (--accel nested).`,
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "warn", "log level: debug, info, warn or error")
 	root.PersistentFlags().StringVar(&g.cacheDir, "cache-dir", "", "kernel and image cache (default $XDG_CACHE_HOME/ember or ~/.cache/ember)")
-	root.AddCommand(newRunCmd(g), newRunPlanCmd(g), newTestCmd(g), newTestPlansCmd(g), newImagesCmd(g), newVersionCmd())
+	root.AddCommand(newRunCmd(g), newRunPlanCmd(g), newTestCmd(g), newTestPlansCmd(g), newBenchCmd(g), newBenchInsideCmd(g), newImagesCmd(g), newVersionCmd())
 	return root
 }
 

@@ -1,0 +1,167 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/xml"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ember-vmm/ember/images"
+)
+
+func TestSummarize(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want Stats
+	}{
+		{[]float64{5}, Stats{5, 5, 5, 5}},
+		{[]float64{4, 1, 3, 2}, Stats{2.5, 4, 1, 4}},
+		{[]float64{10, 1, 2, 3, 4, 5, 6, 7, 8, 9}, Stats{5.5, 9, 1, 10}},
+		{[]float64{3, 1, 2}, Stats{2, 3, 1, 3}},
+	} {
+		if got := Summarize(c.in); *got != c.want {
+			t.Errorf("Summarize(%v) = %+v, want %+v", c.in, *got, c.want)
+		}
+	}
+	if Summarize(nil) != nil {
+		t.Error("Summarize(nil) is not nil")
+	}
+}
+
+func TestParseSmaps(t *testing.T) {
+	const ram = 512 << 20
+	smaps := `00400000-00a00000 r-xp 00000000 08:01 123 /usr/bin/ember
+Rss:                4000 kB
+Private_Clean:       100 kB
+Private_Dirty:         0 kB
+7f0000000000-7f0020000000 rw-p 00000000 00:00 0 
+Rss:               30000 kB
+Private_Clean:         0 kB
+Private_Dirty:     30000 kB
+7f0020000000-7f0020100000 rw-p 00000000 00:00 0 
+Rss:                 800 kB
+Private_Dirty:       800 kB
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
+Rss:                  12 kB
+Private_Dirty:        12 kB
+`
+	got := parseSmaps([]byte(smaps), ram)
+	want := smapsTotals{rss: 34812, private: 30912, guestRSS: 30000, guestPrivate: 30000}
+	if got != want {
+		t.Fatalf("parseSmaps = %+v, want %+v", got, want)
+	}
+	// Without guest RAM nothing is set apart.
+	if g := parseSmaps([]byte(smaps), 0); g.guestRSS != 0 || g.rss != want.rss {
+		t.Fatalf("no guest RAM: %+v", g)
+	}
+}
+
+func TestIsMarker(t *testing.T) {
+	for line, want := range map[string]bool{
+		images.NeutralMarker:                      true,
+		images.NeutralMarker + "\r":               true,
+		"console: " + images.NeutralMarker:        true,
+		"echo " + images.NeutralMarker:            false,
+		"[    1.0] " + images.NeutralMarker + "x": false,
+	} {
+		if isMarker(line) != want {
+			t.Errorf("isMarker(%q) = %v", line, !want)
+		}
+	}
+}
+
+// The neutral init itself is a contender that needs no VM or runtime:
+// it prints the marker and exits.
+func TestOnceMeasures(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "init")
+	if err := os.WriteFile(p, images.NeutralInit(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s, err := once(context.Background(), &contender{name: "init", args: []string{p}}, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.ReadyMS <= 0 || s.ExitMS < s.ReadyMS {
+		t.Fatalf("times: %+v", s)
+	}
+	if _, err := once(context.Background(), &contender{name: "false", args: []string{"false"}}, time.Minute); err == nil || !strings.Contains(err.Error(), "without the marker") {
+		t.Fatalf("a contender without the marker: %v", err)
+	}
+	if _, err := once(context.Background(), &contender{name: "sleep", args: []string{"sleep", "60"}}, 200*time.Millisecond); err == nil || !strings.Contains(err.Error(), "no marker within") {
+		t.Fatalf("a contender that hangs: %v", err)
+	}
+}
+
+func TestRunReportsUnavailable(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	n := &images.Neutral{Initrd: "/x", Bundle: "/b", Tar: "/t", Key: "k"}
+	res := Run(context.Background(), Options{Runs: 1, VMs: true, Containers: true, Docker: true, Neutral: n, Self: "/nonexistent/ember", Kernel: "/k", MemoryMiB: 128, Where: "host"})
+	names := map[string]Result{}
+	for _, r := range res {
+		names[r.Name] = r
+	}
+	for _, n := range []string{"ember", "qemu-microvm", "qemu-q35", "crun", "runc", "docker"} {
+		r, ok := names[n]
+		if !ok || r.Available || r.Reason == "" {
+			t.Errorf("%s: %+v", n, r)
+		}
+	}
+	if !strings.Contains(names["qemu-microvm"].Reason, "not found") {
+		t.Errorf("qemu reason: %q", names["qemu-microvm"].Reason)
+	}
+}
+
+func TestReportOutputs(t *testing.T) {
+	s := func(v float64) *Stats { return &Stats{v, v, v, v} }
+	rep := &Report{Accel: "kvm", Kernel: "debian:cloud-amd64", MemoryMiB: 512, Runs: 3, Results: []Result{
+		{Name: "ember", Kind: "vm", Where: "host", Init: "neutral", Available: true, Ready: s(100), Exit: s(150), Memory: &Memory{Overhead: 4.5, Private: 2}},
+		{Name: "qemu-microvm", Kind: "vm", Where: "host", Init: "neutral", Available: true, Ready: s(200), Exit: s(300), Memory: &Memory{Overhead: 40}},
+		{Name: "crun", Kind: "container", Where: "host", Init: "neutral", Available: true, Ready: s(50), Exit: s(60), Memory: &Memory{RSS: 3}},
+		{Name: "docker", Kind: "container", Where: "host", Reason: "no <engine> & such"},
+	}}
+	var tb bytes.Buffer
+	rep.Table(&tb)
+	for _, want := range []string{"ember", "qemu-microvm", "not available: docker (host): no <engine>", "ember / qemu-microvm (host): first output 0.50×, exit 0.50×", "ember / crun (host): first output 2.00×"} {
+		if !strings.Contains(tb.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, tb.String())
+		}
+	}
+	var sb bytes.Buffer
+	if err := rep.SVG(&sb); err != nil {
+		t.Fatal(err)
+	}
+	d := xml.NewDecoder(&sb)
+	rects, texts := 0, []string{}
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("SVG is not well-formed XML: %v", err)
+		}
+		switch v := tok.(type) {
+		case xml.StartElement:
+			if v.Name.Local == "rect" {
+				rects++
+			}
+		case xml.CharData:
+			texts = append(texts, string(v))
+		}
+	}
+	all := strings.Join(texts, "|")
+	// Background, two legend boxes, two phases per available contender.
+	if rects != 3+2*3 {
+		t.Errorf("%d rects", rects)
+	}
+	for _, want := range []string{"ember [host]", "100 ms", "150 ms, 4.5 MiB overhead", "not available: docker [host]: no <engine> & such"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("SVG lacks %q: %s", want, all)
+		}
+	}
+}
