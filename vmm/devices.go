@@ -111,6 +111,7 @@ func (m *Machine) logUnclaimed(kind string, addr uint64, n int, write bool) {
 type controlHandler struct{ m *Machine }
 
 func (h controlHandler) Exit(status uint8) {
+	h.m.mark(MarkCommandExit)
 	h.m.end(Result{Outcome: OutcomeExited, Status: int(status)})
 }
 
@@ -128,6 +129,12 @@ func (h controlHandler) Mark(code uint8) {
 		}
 	}
 	h.m.mu.Unlock()
+	switch code {
+	case proto.MarkInit:
+		h.m.mark(MarkInit)
+	case proto.MarkCommand:
+		h.m.mark(MarkCommand)
+	}
 	if code == proto.MarkStdioOnConsole && h.m.cfg.ConsoleFallback != nil {
 		h.m.console.redirect(h.m.cfg.ConsoleFallback)
 	}

@@ -142,10 +142,13 @@ type Machine struct {
 	onEnd      []func()
 	tids       []atomic.Int32
 	exitCounts []exitCounts
-	probe      []atomic.Bool
-	probeCh    chan vcpuState
-	haltCh     chan struct{}
-	closeMu    sync.Mutex
+	// exitTotal counts every vCPU's exits, for marks taken while the
+	// vCPUs run.
+	exitTotal atomic.Uint64
+	probe     []atomic.Bool
+	probeCh   chan vcpuState
+	haltCh    chan struct{}
+	closeMu   sync.Mutex
 }
 
 // layout returns the platform table, RAM and initrd size cfg describes,
@@ -304,7 +307,21 @@ func New(cfg Config) (_ *Machine, err error) {
 	}
 	m.log.Debug("machine created", "cpus", cfg.CPUs, "memory_mib", cfg.Memory>>20,
 		"protocol", m.entry.Protocol, "cmdline", bp.Cmdline, "initrd_bytes", bp.InitrdSize)
+	m.mark(MarkCreated)
 	return m, nil
+}
+
+// mark records a moment of the run (once per name).
+func (m *Machine) mark(name string) {
+	now, exits := time.Now(), m.exitTotal.Load()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, k := range m.result.Marks {
+		if k.Name == name {
+			return
+		}
+	}
+	m.result.Marks = append(m.result.Marks, Mark{Name: name, At: now, Exits: exits})
 }
 
 // openInitrd returns the initrd file followed by extra (4-byte aligned)
@@ -403,6 +420,7 @@ func (c concat) ReadAt(p []byte, off int64) (int, error) {
 // end records the first terminal event, stops the vCPUs and unblocks
 // every goroutine of the run.
 func (m *Machine) end(r Result) {
+	m.mark(MarkEnded)
 	m.mu.Lock()
 	if m.ended {
 		m.mu.Unlock()

@@ -59,6 +59,18 @@ func TestMachineExitStatus(t *testing.T) {
 	if r.Exits["io"] == 0 {
 		t.Fatalf("exit counts %v lack the port write", r.Exits)
 	}
+	// The timeline: created, first KVM_RUN, the status, the end, in order,
+	// with the port write counted before the status arrived.
+	var names []string
+	for i, k := range r.Marks {
+		names = append(names, k.Name)
+		if i > 0 && k.At.Before(r.Marks[i-1].At) {
+			t.Errorf("mark %s before %s", k.Name, r.Marks[i-1].Name)
+		}
+	}
+	if strings.Join(names, " ") != "created first_run command_exit ended" || r.Marks[2].Exits == 0 {
+		t.Errorf("marks %+v", r.Marks)
+	}
 	if _, err := m.Run(context.Background()); !errors.Is(err, ErrAlreadyRun) {
 		t.Fatalf("second Run = %v", err)
 	}

@@ -62,4 +62,25 @@ type Result struct {
 	Reason string
 	// Err is the host-side error for OutcomeError.
 	Err error
+	// Marks are the moments of the run in order (MarkCreated, ...), for a
+	// phase timeline.
+	Marks []Mark
 }
+
+// Mark is a moment of a machine's life: when, and how many VM exits all
+// vCPUs had taken by then.
+type Mark struct {
+	Name  string
+	At    time.Time
+	Exits uint64
+}
+
+// Mark names, in the order they happen.
+const (
+	MarkCreated     = "created"      // New has built the VM (memory, devices, kernel loaded)
+	MarkFirstRun    = "first_run"    // vCPU 0 enters KVM_RUN at the kernel's entry point
+	MarkInit        = "init"         // the guest init reports its start (ember's init only)
+	MarkCommand     = "command"      // the guest command starts
+	MarkCommandExit = "command_exit" // the command's status arrives
+	MarkEnded       = "ended"        // the guest ended (power-off, reset, crash) or was stopped
+)

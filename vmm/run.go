@@ -8,6 +8,7 @@ import (
 	"maps"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"time"
 
@@ -117,6 +118,7 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 
 	m.mu.Lock()
 	r := m.result
+	r.Marks = slices.Clone(r.Marks)
 	m.mu.Unlock()
 	r.Wall = time.Since(m.start)
 	if r.Panic != "" && (r.Outcome == OutcomeReset || r.Outcome == OutcomePowerOff) {
@@ -198,6 +200,9 @@ func (m *Machine) vcpuLoop(i int, c *kvm.VCPU) error {
 	m.tids[i].Store(int32(unix.Gettid()))
 	defer m.tids[i].Store(-1)
 	counts := &m.exitCounts[i]
+	if i == 0 {
+		m.mark(MarkFirstRun)
+	}
 	for !m.stopped() {
 		err := c.Run()
 		if errors.Is(err, kvm.ErrInterrupted) {
@@ -212,6 +217,7 @@ func (m *Machine) vcpuLoop(i int, c *kvm.VCPU) error {
 		}
 		reason := c.ExitReason()
 		counts.add(reason)
+		m.exitTotal.Add(1)
 		if err := m.handleExit(c, reason); err != nil {
 			return err
 		}

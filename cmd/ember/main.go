@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/ember-vmm/ember/vmm/launch"
 )
@@ -21,8 +22,10 @@ type exitError struct{ code int }
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
 func main() {
+	// The phase timeline of `ember run --json` starts here.
+	started := time.Now()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
-	root := newRoot()
+	root := newRoot(started)
 	err := root.ExecuteContext(ctx)
 	stop()
 	var ee exitError

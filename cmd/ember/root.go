@@ -15,13 +15,14 @@ import (
 )
 
 type globals struct {
+	started  time.Time
 	logLevel string
 	cacheDir string
 	log      *slog.Logger
 }
 
-func newRoot() *cobra.Command {
-	g := &globals{}
+func newRoot(started time.Time) *cobra.Command {
+	g := &globals{started: started}
 	root := &cobra.Command{
 		Use:   "ember",
 		Short: "Boot Linux micro-VMs on KVM in a fraction of a second",

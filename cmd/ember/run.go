@@ -145,7 +145,7 @@ func runVM(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 	o := launch.Options{
 		Config: cfg, Command: command, Interactive: interactive, KVMPath: f.kvmPath,
 		Stderr: os.Stderr, Log: g.log, Progress: progress(false), CacheDir: cacheDir, NestedStall: f.nestedStall,
-		ConsoleLog: f.consoleLog,
+		ConsoleLog: f.consoleLog, Started: g.started,
 	}
 	return runAndReport(cmd, g, f, o, true, func(o launch.Options) (*launch.Report, error) {
 		return launch.Run(cmd.Context(), o)

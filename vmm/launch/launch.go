@@ -86,6 +86,9 @@ type Options struct {
 	// NestedStall bounds how long a nested L1 may go without a heartbeat
 	// (0: nested.DefaultStall).
 	NestedStall time.Duration
+	// Started is when the ember process started, where the phase
+	// timeline begins (zero: at the VM's creation).
+	Started time.Time
 }
 
 // Report is what a run produced; it is also the --json output.
@@ -114,6 +117,9 @@ type Report struct {
 	Unclaimed      uint64                       `json:"unclaimed_accesses,omitempty"`
 	ConsoleDropped uint64                       `json:"console_dropped_bytes,omitempty"`
 	L1BootMS       float64                      `json:"l1_boot_ms,omitempty"`
+	// Phases are the run's timeline, from the process start to the VM
+	// torn down, with the VM exits taken in each.
+	Phases []Phase `json:"phases,omitempty"`
 }
 
 // Plan is a fully resolved VM: files instead of "debian:" names, the
@@ -654,6 +660,13 @@ func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byt
 	for _, ip := range res.StoppedAt {
 		rep.StoppedAt = append(rep.StoppedAt, fmt.Sprintf("%#x", ip))
 	}
+	// Tearing down is the last phase.
+	_ = m.Close()
+	var exits uint64
+	for _, n := range res.Exits {
+		exits += n
+	}
+	rep.Phases = phases(o.Started, res.Marks, time.Now(), exits)
 	finish(rep, res, len(p.Run.Args) > 0)
 	if res.Outcome == vmm.OutcomeCanceled && quit.Load() {
 		// Ctrl-A x: the user ended the session, as with QEMU.

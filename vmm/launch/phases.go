@@ -1,0 +1,66 @@
+package launch
+
+import (
+	"time"
+
+	"github.com/ember-vmm/ember/vmm"
+)
+
+// Phase is one step of a run's timeline.
+type Phase struct {
+	Name string `json:"name"`
+	// StartMS is when it began, from the process start; MS how long it
+	// took; Exits the VM exits taken in it.
+	StartMS float64 `json:"start_ms"`
+	MS      float64 `json:"ms"`
+	Exits   uint64  `json:"exits"`
+}
+
+// phaseAfter names the phase that follows mark.
+func phaseAfter(mark string) string {
+	switch mark {
+	case "start":
+		return "setup" // config, images, KVM VM, guest memory, devices, kernel loaded
+	case vmm.MarkCreated:
+		return "vcpu start" // goroutines and vCPU threads up to the first KVM_RUN
+	case vmm.MarkFirstRun:
+		return "kernel" // kernel entry to the init's start
+	case vmm.MarkInit:
+		return "init" // mounts, modules, the command's set-up
+	case vmm.MarkCommand:
+		return "command"
+	case vmm.MarkCommandExit:
+		return "power-off"
+	case vmm.MarkEnded:
+		return "teardown" // devices and vCPUs stopped, memory and descriptors released
+	}
+	return mark
+}
+
+// phases turns a run's marks into its timeline, from started (or the
+// first mark when zero) to down, when the machine was torn down with
+// exits VM exits in all.
+func phases(started time.Time, marks []vmm.Mark, down time.Time, exits uint64) []Phase {
+	if len(marks) == 0 {
+		return nil
+	}
+	pts := marks
+	if !started.IsZero() {
+		pts = append([]vmm.Mark{{Name: "start", At: started}}, marks...)
+	}
+	base := pts[0].At
+	pts = append(pts, vmm.Mark{Name: "down", At: down, Exits: exits})
+	var out []Phase
+	for i := 0; i+1 < len(pts); i++ {
+		name := phaseAfter(pts[i].Name)
+		if pts[i].Name == vmm.MarkFirstRun && pts[i+1].Name != vmm.MarkInit {
+			// Not ember's init: the guest ran on its own until it ended.
+			name = "guest"
+		}
+		out = append(out, Phase{
+			Name: name, StartMS: ms(pts[i].At.Sub(base)), MS: ms(pts[i+1].At.Sub(pts[i].At)),
+			Exits: pts[i+1].Exits - min(pts[i].Exits, pts[i+1].Exits),
+		})
+	}
+	return out
+}
