@@ -76,8 +76,17 @@ type Sample struct {
 	// guest RAM mapping, and the private part of that, at the marker.
 	OverheadMiB float64 `json:"overhead_mib,omitempty"`
 	PrivateMiB  float64 `json:"overhead_private_mib,omitempty"`
-	// Exits are ember's VM exits by reason (from its --json report).
-	Exits map[string]uint64 `json:"exits,omitempty"`
+	// Exits are ember's VM exits by reason, and Phases its timeline (from
+	// its --json report).
+	Exits  map[string]uint64 `json:"exits,omitempty"`
+	Phases []Phase           `json:"phases,omitempty"`
+}
+
+// Phase is one step of ember's timeline (launch.Phase).
+type Phase struct {
+	Name  string  `json:"name"`
+	MS    float64 `json:"ms"`
+	Exits uint64  `json:"exits"`
 }
 
 // Result is one contender's outcome.
@@ -101,6 +110,9 @@ type Result struct {
 	Exit   *Stats   `json:"exit_ms,omitempty"`
 	Runs   []Sample `json:"runs,omitempty"`
 	Memory *Memory  `json:"memory,omitempty"`
+	// Phases are ember's median timeline: each phase's median time and
+	// exits over the runs.
+	Phases []Phase `json:"phases,omitempty"`
 }
 
 // Memory is the median memory of a contender's runs, in MiB.
@@ -291,12 +303,34 @@ func summarize(r *Result) {
 	}
 	r.Ready = Summarize(pick(func(x Sample) float64 { return x.ReadyMS }))
 	r.Exit = Summarize(pick(func(x Sample) float64 { return x.ExitMS }))
+	r.Phases = medianPhases(r.Runs)
 	r.Memory = &Memory{
 		RSS:      Summarize(pick(func(x Sample) float64 { return x.RSSMiB })).Median,
 		PeakRSS:  Summarize(pick(func(x Sample) float64 { return x.PeakRSSMiB })).Median,
 		Overhead: Summarize(pick(func(x Sample) float64 { return x.OverheadMiB })).Median,
 		Private:  Summarize(pick(func(x Sample) float64 { return x.PrivateMiB })).Median,
 	}
+}
+
+// medianPhases is the median time and exits of each phase over the runs,
+// in the first run's order.
+func medianPhases(runs []Sample) []Phase {
+	if len(runs) == 0 {
+		return nil
+	}
+	var out []Phase
+	for _, p := range runs[0].Phases {
+		var t, e []float64
+		for _, r := range runs {
+			for _, q := range r.Phases {
+				if q.Name == p.Name {
+					t, e = append(t, q.MS), append(e, float64(q.Exits))
+				}
+			}
+		}
+		out = append(out, Phase{Name: p.Name, MS: Summarize(t).Median, Exits: uint64(Summarize(e).Median)})
+	}
+	return out
 }
 
 // Summarize is the median, 90th percentile (nearest rank), minimum and
@@ -388,24 +422,26 @@ func once(ctx context.Context, c *contender, limit time.Duration) (Sample, error
 		return r, fmt.Errorf("%v: %s", err, lastLines(tail))
 	}
 	if c.ember {
-		r.Exits = emberExits(report.String())
+		r.Exits, r.Phases = emberReport(report.String())
 	}
 	return r, nil
 }
 
-// emberExits are the exit counts of ember's --json report in out.
-func emberExits(out string) map[string]uint64 {
+// emberReport reads the exit counts and phases of ember's --json report
+// in out.
+func emberReport(out string) (map[string]uint64, []Phase) {
 	i := strings.Index(out, "{\n")
 	if i < 0 {
-		return nil
+		return nil, nil
 	}
 	var rep struct {
-		Exits map[string]uint64 `json:"exits"`
+		Exits  map[string]uint64 `json:"exits"`
+		Phases []Phase           `json:"phases"`
 	}
 	if json.Unmarshal([]byte(out[i:]), &rep) != nil {
-		return nil
+		return nil, nil
 	}
-	return rep.Exits
+	return rep.Exits, rep.Phases
 }
 
 // isMarker: the line is the marker alone, as a VMM's serial console

@@ -119,14 +119,16 @@ func TestRunReportsUnavailable(t *testing.T) {
 func TestReportOutputs(t *testing.T) {
 	s := func(v float64) *Stats { return &Stats{v, v, v, v} }
 	rep := &Report{Accel: "kvm", Kernel: "debian:cloud-amd64", MemoryMiB: 512, Runs: 3, Results: []Result{
-		{Name: "ember", Kind: "vm", Where: "host", Init: "neutral", Available: true, Ready: s(100), Exit: s(150), Memory: &Memory{Overhead: 4.5, Private: 2}},
+		{Name: "ember", Kind: "vm", Where: "host", Init: "neutral", Available: true, Ready: s(100), Exit: s(150), Memory: &Memory{Overhead: 4.5, Private: 2},
+			Phases: []Phase{{"setup", 10, 0}, {"kernel", 120, 50}}},
 		{Name: "qemu-microvm", Kind: "vm", Where: "host", Init: "neutral", Available: true, Ready: s(200), Exit: s(300), Memory: &Memory{Overhead: 40}},
 		{Name: "crun", Kind: "container", Where: "host", Init: "neutral", Available: true, Ready: s(50), Exit: s(60), Memory: &Memory{RSS: 3}},
 		{Name: "docker", Kind: "container", Where: "host", Reason: "no <engine> & such"},
 	}}
 	var tb bytes.Buffer
 	rep.Table(&tb)
-	for _, want := range []string{"ember", "qemu-microvm", "not available: docker (host): no <engine>", "ember / qemu-microvm (host): first output 0.50×, exit 0.50×", "ember / crun (host): first output 2.00×"} {
+	for _, want := range []string{"ember", "qemu-microvm", "not available: docker (host): no <engine>", "ember / qemu-microvm (host): first output 0.50×, exit 0.50×", "ember / crun (host): first output 2.00×",
+		"ember (host) phases, medians: setup 10 ms (0 exits), kernel 120 ms (50 exits); together 130 ms of 150 ms to exit (86.7%)"} {
 		if !strings.Contains(tb.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, tb.String())
 		}
@@ -155,13 +157,26 @@ func TestReportOutputs(t *testing.T) {
 		}
 	}
 	all := strings.Join(texts, "|")
-	// Background, two legend boxes, two phases per available contender.
-	if rects != 3+2*3 {
+	// Background, three legend boxes, two phases per available contender
+	// but ember, which has its own two and the rest of its time.
+	if rects != 4+3+2*2 {
 		t.Errorf("%d rects", rects)
 	}
-	for _, want := range []string{"ember [host]", "100 ms", "150 ms, 4.5 MiB overhead", "not available: docker [host]: no <engine> & such"} {
+	for _, want := range []string{"ember [host]", "kernel 120", "150 ms, 4.5 MiB overhead", "not available: docker [host]: no <engine> & such"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("SVG lacks %q: %s", want, all)
 		}
+	}
+}
+
+func TestEmberReportPhases(t *testing.T) {
+	out := "console: EMBER-BENCH-READY\n{\n  \"exits\": {\"io\": 194},\n  \"phases\": [{\"name\": \"setup\", \"start_ms\": 0, \"ms\": 40, \"exits\": 0}, {\"name\": \"guest\", \"start_ms\": 41, \"ms\": 900, \"exits\": 194}]\n}\n"
+	exits, ph := emberReport(out)
+	if exits["io"] != 194 || len(ph) != 2 || ph[1] != (Phase{"guest", 900, 194}) {
+		t.Fatalf("emberReport: %v %+v", exits, ph)
+	}
+	runs := []Sample{{Phases: ph}, {Phases: []Phase{{"setup", 60, 0}, {"guest", 700, 190}}}, {Phases: []Phase{{"setup", 50, 0}, {"guest", 800, 192}}}}
+	if m := medianPhases(runs); len(m) != 2 || m[0] != (Phase{"setup", 50, 0}) || m[1] != (Phase{"guest", 800, 192}) {
+		t.Fatalf("medianPhases: %+v", m)
 	}
 }

@@ -78,6 +78,19 @@ func (r *Report) Table(w io.Writer) {
 			fmt.Fprintf(w, "%s (%s): %d of %d runs failed and are left out\n", x.Name, x.Where, x.Failed, r.Runs)
 		}
 	}
+	for _, x := range r.Results {
+		if len(x.Phases) == 0 {
+			continue
+		}
+		var parts []string
+		var sum float64
+		for _, p := range x.Phases {
+			parts = append(parts, fmt.Sprintf("%s %.0f ms (%d exits)", p.Name, p.MS, p.Exits))
+			sum += p.MS
+		}
+		fmt.Fprintf(w, "%s (%s) phases, medians: %s; together %.0f ms of %.0f ms to exit (%.1f%%)\n",
+			x.Name, x.Where, strings.Join(parts, ", "), sum, x.Exit.Median, 100*sum/x.Exit.Median)
+	}
 	for _, l := range r.Ratios() {
 		fmt.Fprintln(w, l)
 	}
@@ -118,7 +131,7 @@ func (r *Report) SVG(w io.Writer) error {
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
 	fmt.Fprintf(&b, `<text x="10" y="24" font-size="17" font-weight="bold">%s</text>`+"\n",
 		esc(fmt.Sprintf("Boot to first output and exit, median of %d runs (accel %s, kernel %s, %d MiB)", r.Runs, r.Accel, r.Kernel, r.MemoryMiB)))
-	legend := []struct{ color, label string }{{"#e4572e", "start to first output"}, {"#76b041", "first output to exit"}}
+	legend := []struct{ color, label string }{{"#e4572e", "start to first output"}, {"#76b041", "first output to exit"}, {"#3b6fb6", "ember: its own phases (hover for names)"}}
 	for i, l := range legend {
 		x := 10 + 220*float64(i)
 		fmt.Fprintf(&b, `<rect x="%.0f" y="38" width="14" height="14" fill="%s"/><text x="%.0f" y="50">%s</text>`+"\n", x, l.color, x+20, esc(l.label))
@@ -129,12 +142,34 @@ func (r *Report) SVG(w io.Writer) error {
 		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="end">%s</text>`+"\n", left-8, y+barH-5, esc(label))
 		w1 := x.Ready.Median * scale
 		w2 := max(x.Exit.Median-x.Ready.Median, 0) * scale
-		fmt.Fprintf(&b, `<rect x="%.1f" y="%.0f" width="%.1f" height="%.0f" fill="%s"><title>%s</title></rect>`+"\n",
-			left, y, w1, barH, legend[0].color, esc(fmt.Sprintf("%s: first output at %.0f ms", x.Name, x.Ready.Median)))
-		fmt.Fprintf(&b, `<rect x="%.1f" y="%.0f" width="%.1f" height="%.0f" fill="%s"><title>%s</title></rect>`+"\n",
-			left+w1, y, w2, barH, legend[1].color, esc(fmt.Sprintf("%s: exit at %.0f ms", x.Name, x.Exit.Median)))
-		if w1 > 60 {
-			fmt.Fprintf(&b, `<text x="%.1f" y="%.0f" fill="white">%.0f ms</text>`+"\n", left+4, y+barH-5, x.Ready.Median)
+		if len(x.Phases) > 0 {
+			// ember's own timeline; what is left of the measured time is
+			// exec before ember's main and the process's exit.
+			at := left
+			var sum float64
+			for i, p := range x.Phases {
+				pw := p.MS * scale
+				fmt.Fprintf(&b, `<rect x="%.1f" y="%.0f" width="%.1f" height="%.0f" fill="%s"><title>%s</title></rect>`+"\n",
+					at, y, pw, barH, phaseColor(i), esc(fmt.Sprintf("%s: %s %.0f ms, %d exits", x.Name, p.Name, p.MS, p.Exits)))
+				if pw > 70 {
+					fmt.Fprintf(&b, `<text x="%.1f" y="%.0f" fill="white" font-size="11">%s</text>`+"\n", at+3, y+barH-6, esc(fmt.Sprintf("%s %.0f", p.Name, p.MS)))
+				}
+				at += pw
+				sum += p.MS
+			}
+			if rest := (x.Exit.Median - sum) * scale; rest > 0 {
+				fmt.Fprintf(&b, `<rect x="%.1f" y="%.0f" width="%.1f" height="%.0f" fill="#bbb"><title>%s</title></rect>`+"\n",
+					at, y, rest, barH, esc(fmt.Sprintf("%s: exec and exit outside ember's timeline, %.0f ms", x.Name, x.Exit.Median-sum)))
+			}
+			w1, w2 = x.Exit.Median*scale, 0
+		} else {
+			fmt.Fprintf(&b, `<rect x="%.1f" y="%.0f" width="%.1f" height="%.0f" fill="%s"><title>%s</title></rect>`+"\n",
+				left, y, w1, barH, legend[0].color, esc(fmt.Sprintf("%s: first output at %.0f ms", x.Name, x.Ready.Median)))
+			fmt.Fprintf(&b, `<rect x="%.1f" y="%.0f" width="%.1f" height="%.0f" fill="%s"><title>%s</title></rect>`+"\n",
+				left+w1, y, w2, barH, legend[1].color, esc(fmt.Sprintf("%s: exit at %.0f ms", x.Name, x.Exit.Median)))
+			if w1 > 60 {
+				fmt.Fprintf(&b, `<text x="%.1f" y="%.0f" fill="white">%.0f ms</text>`+"\n", left+4, y+barH-5, x.Ready.Median)
+			}
 		}
 		mem := fmt.Sprintf("%.1f MiB RSS", x.Memory.RSS)
 		if x.Kind == "vm" {
@@ -154,6 +189,13 @@ func (r *Report) SVG(w io.Writer) error {
 	b.WriteString("</svg>\n")
 	_, err := w.Write(b.Bytes())
 	return err
+}
+
+// phaseColor is the i-th phase's color: blues and teals, apart from the
+// two-phase bars of the other contenders.
+func phaseColor(i int) string {
+	colors := []string{"#1f3b73", "#3b6fb6", "#5b9bd5", "#2a9d8f", "#52b69a", "#99d98c", "#6c757d", "#adb5bd"}
+	return colors[i%len(colors)]
 }
 
 func esc(s string) string {
