@@ -157,9 +157,10 @@ func TestReportOutputs(t *testing.T) {
 		}
 	}
 	all := strings.Join(texts, "|")
-	// Background, three legend boxes, two phases per available contender
-	// but ember, which has its own two and the rest of its time.
-	if rects != 4+3+2*2 {
+	// Background, three legend boxes, two phase names, two phases per
+	// available contender but ember, which has its own two and the rest
+	// of its time.
+	if rects != 4+2+3+2*2 {
 		t.Errorf("%d rects", rects)
 	}
 	for _, want := range []string{"ember [host]", "kernel 120", "150 ms, 4.5 MiB overhead", "not available: docker [host]: no <engine> & such"} {
@@ -178,5 +179,13 @@ func TestEmberReportPhases(t *testing.T) {
 	runs := []Sample{{Phases: ph}, {Phases: []Phase{{"setup", 60, 0}, {"guest", 700, 190}}}, {Phases: []Phase{{"setup", 50, 0}, {"guest", 800, 192}}}}
 	if m := medianPhases(runs); len(m) != 2 || m[0] != (Phase{"setup", 50, 0}) || m[1] != (Phase{"guest", 800, 192}) {
 		t.Fatalf("medianPhases: %+v", m)
+	}
+}
+
+func TestWrap(t *testing.T) {
+	got := wrap("aaa bbb ccc dddddddddd e", 7)
+	want := []string{"aaa bbb", "ccc", "ddddddd", "ddd e"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("wrap = %q", got)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 )
@@ -104,7 +105,7 @@ func (r *Report) Table(w io.Writer) {
 // numbers on it, then the contenders that could not run and why.
 func (r *Report) SVG(w io.Writer) error {
 	const (
-		left, right, top, rowH, barH = 250.0, 130.0, 70.0, 34.0, 20.0
+		left, right, top, rowH, barH = 250.0, 230.0, 90.0, 34.0, 20.0
 		width                        = 1000.0
 	)
 	var rows []Result
@@ -121,7 +122,11 @@ func (r *Report) SVG(w io.Writer) error {
 			skipped = append(skipped, x)
 		}
 	}
-	height := top + rowH*float64(len(rows)) + 50 + 18*float64(len(skipped)+len(r.Notes))
+	lines := len(skipped)
+	for _, n := range r.Notes {
+		lines += len(wrap(n, 150))
+	}
+	height := top + rowH*float64(len(rows)) + 50 + 18*float64(lines)
 	scale := 0.0
 	if longest > 0 {
 		scale = (width - left - right) / longest
@@ -131,10 +136,24 @@ func (r *Report) SVG(w io.Writer) error {
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
 	fmt.Fprintf(&b, `<text x="10" y="24" font-size="17" font-weight="bold">%s</text>`+"\n",
 		esc(fmt.Sprintf("Boot to first output and exit, median of %d runs (accel %s, kernel %s, %d MiB)", r.Runs, r.Accel, r.Kernel, r.MemoryMiB)))
-	legend := []struct{ color, label string }{{"#e4572e", "start to first output"}, {"#76b041", "first output to exit"}, {"#3b6fb6", "ember: its own phases (hover for names)"}}
+	legend := []struct{ color, label string }{{"#e4572e", "start to first output"}, {"#76b041", "first output to exit"}, {"#3b6fb6", "ember: its own phases"}}
 	for i, l := range legend {
 		x := 10 + 220*float64(i)
 		fmt.Fprintf(&b, `<rect x="%.0f" y="38" width="14" height="14" fill="%s"/><text x="%.0f" y="50">%s</text>`+"\n", x, l.color, x+20, esc(l.label))
+	}
+	// Every phase name the ember rows have, in order of appearance.
+	var named []string
+	for _, x := range rows {
+		for _, p := range x.Phases {
+			if !slices.Contains(named, p.Name) {
+				named = append(named, p.Name)
+			}
+		}
+	}
+	px := 10.0
+	for _, n := range named {
+		fmt.Fprintf(&b, `<rect x="%.0f" y="60" width="10" height="10" fill="%s"/><text x="%.0f" y="70" font-size="11">%s</text>`+"\n", px, phaseColor(n), px+13, esc(n))
+		px += 13 + 7*float64(len(n)) + 14
 	}
 	for i, x := range rows {
 		y := top + rowH*float64(i)
@@ -147,10 +166,10 @@ func (r *Report) SVG(w io.Writer) error {
 			// exec before ember's main and the process's exit.
 			at := left
 			var sum float64
-			for i, p := range x.Phases {
+			for _, p := range x.Phases {
 				pw := p.MS * scale
 				fmt.Fprintf(&b, `<rect x="%.1f" y="%.0f" width="%.1f" height="%.0f" fill="%s"><title>%s</title></rect>`+"\n",
-					at, y, pw, barH, phaseColor(i), esc(fmt.Sprintf("%s: %s %.0f ms, %d exits", x.Name, p.Name, p.MS, p.Exits)))
+					at, y, pw, barH, phaseColor(p.Name), esc(fmt.Sprintf("%s: %s %.0f ms, %d exits", x.Name, p.Name, p.MS, p.Exits)))
 				if pw > 70 {
 					fmt.Fprintf(&b, `<text x="%.1f" y="%.0f" fill="white" font-size="11">%s</text>`+"\n", at+3, y+barH-6, esc(fmt.Sprintf("%s %.0f", p.Name, p.MS)))
 				}
@@ -183,19 +202,50 @@ func (r *Report) SVG(w io.Writer) error {
 		y += 18
 	}
 	for _, n := range r.Notes {
-		fmt.Fprintf(&b, `<text x="10" y="%.0f" fill="#444">%s</text>`+"\n", y, esc(n))
-		y += 18
+		for _, l := range wrap(n, 150) {
+			fmt.Fprintf(&b, `<text x="10" y="%.0f" fill="#444">%s</text>`+"\n", y, esc(l))
+			y += 18
+		}
 	}
 	b.WriteString("</svg>\n")
 	_, err := w.Write(b.Bytes())
 	return err
 }
 
-// phaseColor is the i-th phase's color: blues and teals, apart from the
+// wrap breaks s into lines of at most n bytes at spaces.
+func wrap(s string, n int) []string {
+	var out []string
+	for len(s) > n {
+		i := strings.LastIndexByte(s[:n+1], ' ')
+		if i <= 0 {
+			i = n
+		}
+		out = append(out, s[:i])
+		s = strings.TrimLeft(s[i:], " ")
+	}
+	return append(out, s)
+}
+
+// phaseColor is a phase's color: blues and teals, apart from the
 // two-phase bars of the other contenders.
-func phaseColor(i int) string {
-	colors := []string{"#1f3b73", "#3b6fb6", "#5b9bd5", "#2a9d8f", "#52b69a", "#99d98c", "#6c757d", "#adb5bd"}
-	return colors[i%len(colors)]
+func phaseColor(name string) string {
+	switch name {
+	case "setup":
+		return "#1f3b73"
+	case "vcpu start":
+		return "#3b6fb6"
+	case "kernel", "guest":
+		return "#5b9bd5"
+	case "init":
+		return "#2a9d8f"
+	case "command":
+		return "#52b69a"
+	case "power-off":
+		return "#99d98c"
+	case "teardown":
+		return "#6c757d"
+	}
+	return "#adb5bd"
 }
 
 func esc(s string) string {
