@@ -25,7 +25,14 @@ const NeutralMarker = "EMBER-BENCH-READY"
 // the same program for every contender of a boot comparison, so none is
 // measured on another's init. Not PID 1 (a test on the host), it only
 // prints and exits.
-func NeutralInit() []byte {
+func NeutralInit() []byte { return neutralProgram(false) }
+
+// NeutralIdle is NeutralInit's twin for density measurements: it prints
+// the marker and then waits for signals for ever (pause(2)), so a VM or
+// container running it stays up, idle, until it is stopped from outside.
+func NeutralIdle() []byte { return neutralProgram(true) }
+
+func neutralProgram(idle bool) []byte {
 	msg := []byte(NeutralMarker + "\n")
 	var code []byte
 	emit := func(b ...byte) { code = append(code, b...) }
@@ -46,6 +53,11 @@ func NeutralInit() []byte {
 	leaNext := len(code)
 	movEDX(uint32(len(msg)))
 	syscall()
+	if idle {
+		movEAX(34) // pause(), for ever
+		syscall()
+		emit(0xeb, 0xf7) // jmp back to the mov: -9 bytes
+	}
 	emit(0x83, 0xfb, 0x01) // cmp ebx, 1
 	emit(0x75, 0)          // jne exit
 	jneDisp := len(code) - 1
@@ -97,12 +109,14 @@ func NeutralInit() []byte {
 // Neutral is the neutral root file system (NeutralInit at /init) in the
 // forms a boot comparison needs, in one cache directory.
 type Neutral struct {
-	// Initrd is a newc cpio for VMs: /init and /dev/console, which the
-	// kernel opens as init's stdin, stdout and stderr.
+	// Initrd is a newc cpio for VMs: /init, /idle and /dev/console, which
+	// the kernel opens as init's stdin, stdout and stderr (rdinit=/idle
+	// starts the idle one).
 	Initrd string
 	// Bundle is an OCI runtime bundle (config.json, rootfs/) running
-	// /init with no capabilities, for crun and runc.
-	Bundle string
+	// /init with no capabilities, for crun and runc; IdleBundle runs
+	// /idle (NeutralIdle) instead.
+	Bundle, IdleBundle string
 	// Tar is the root file system as a tar archive, for docker import.
 	Tar string
 	// Key names this content (an image tag for docker).
@@ -112,25 +126,31 @@ type Neutral struct {
 // NeutralRootfs writes the neutral root file system's forms under the
 // cache (once per content) and returns where they are.
 func (c *Cache) NeutralRootfs() (*Neutral, error) {
-	init := NeutralInit()
-	sum := sha256.Sum256(append(init, bundleConfig()...))
-	key := hex.EncodeToString(sum[:8])
+	init, idle := NeutralInit(), NeutralIdle()
+	h := sha256.New()
+	for _, b := range [][]byte{init, idle, bundleConfig("/init"), bundleConfig("/idle")} {
+		h.Write(b)
+	}
+	key := hex.EncodeToString(h.Sum(nil)[:8])
 	dir := filepath.Join(c.Dir, "neutral", key)
 	n := &Neutral{
 		Initrd: filepath.Join(dir, "initrd.cpio"), Bundle: filepath.Join(dir, "bundle"),
-		Tar: filepath.Join(dir, "rootfs.tar"), Key: key,
+		IdleBundle: filepath.Join(dir, "bundle-idle"), Tar: filepath.Join(dir, "rootfs.tar"), Key: key,
 	}
 	if _, err := os.Stat(filepath.Join(dir, "done")); err == nil {
 		return n, nil
 	}
-	if err := os.MkdirAll(filepath.Join(n.Bundle, "rootfs", "dev"), 0o755); err != nil {
-		return nil, fmt.Errorf("neutral root file system: %w", err)
+	for _, b := range []string{n.Bundle, n.IdleBundle} {
+		if err := os.MkdirAll(filepath.Join(b, "rootfs", "dev"), 0o755); err != nil {
+			return nil, fmt.Errorf("neutral root file system: %w", err)
+		}
 	}
 	var cp bytes.Buffer
 	err := writeCPIO(&cp, []cpio.Record{
 		cpio.Directory("dev", 0o755),
 		cpio.CharDev("dev/console", 0o600, 5, 1),
 		cpio.StaticFile("init", string(init), 0o755),
+		cpio.StaticFile("idle", string(idle), 0o755),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("neutral initrd: %w", err)
@@ -138,8 +158,13 @@ func (c *Cache) NeutralRootfs() (*Neutral, error) {
 	var tb bytes.Buffer
 	tw := tar.NewWriter(&tb)
 	_ = tw.WriteHeader(&tar.Header{Name: "dev/", Typeflag: tar.TypeDir, Mode: 0o755})
-	_ = tw.WriteHeader(&tar.Header{Name: "init", Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(init))})
-	_, _ = tw.Write(init)
+	for _, f := range []struct {
+		name string
+		b    []byte
+	}{{"init", init}, {"idle", idle}} {
+		_ = tw.WriteHeader(&tar.Header{Name: f.name, Typeflag: tar.TypeReg, Mode: 0o755, Size: int64(len(f.b))})
+		_, _ = tw.Write(f.b)
+	}
 	if err := tw.Close(); err != nil {
 		return nil, fmt.Errorf("neutral tar: %w", err)
 	}
@@ -151,7 +176,11 @@ func (c *Cache) NeutralRootfs() (*Neutral, error) {
 		{n.Initrd, cp.Bytes(), 0o644},
 		{n.Tar, tb.Bytes(), 0o644},
 		{filepath.Join(n.Bundle, "rootfs", "init"), init, 0o755},
-		{filepath.Join(n.Bundle, "config.json"), bundleConfig(), 0o644},
+		{filepath.Join(n.Bundle, "rootfs", "idle"), idle, 0o755},
+		{filepath.Join(n.Bundle, "config.json"), bundleConfig("/init"), 0o644},
+		{filepath.Join(n.IdleBundle, "rootfs", "init"), init, 0o755},
+		{filepath.Join(n.IdleBundle, "rootfs", "idle"), idle, 0o755},
+		{filepath.Join(n.IdleBundle, "config.json"), bundleConfig("/idle"), 0o644},
 		{filepath.Join(dir, "done"), nil, 0o644},
 	} {
 		if err := os.WriteFile(f.path, f.data, f.mode); err != nil {
@@ -161,11 +190,11 @@ func (c *Cache) NeutralRootfs() (*Neutral, error) {
 	return n, nil
 }
 
-// bundleConfig is the OCI runtime configuration (runtime-spec 1.0) of the
-// neutral bundle: /init as root without capabilities, a read-only root,
+// bundleConfig is the OCI runtime configuration (runtime-spec 1.0) of a
+// neutral bundle: prog as root without capabilities, a read-only root,
 // new pid, mount, ipc, uts and network namespaces, /proc and a /dev tmpfs
 // (where the runtime creates the standard device nodes).
-func bundleConfig() []byte {
+func bundleConfig(prog string) []byte {
 	type mount struct {
 		Destination string   `json:"destination"`
 		Type        string   `json:"type"`
@@ -180,7 +209,7 @@ func bundleConfig() []byte {
 		"process": map[string]any{
 			"terminal": false,
 			"user":     map[string]int{"uid": 0, "gid": 0},
-			"args":     []string{"/init"},
+			"args":     []string{prog},
 			"env":      []string{"PATH=/"},
 			"cwd":      "/",
 			"capabilities": map[string][]string{

@@ -1,13 +1,16 @@
 package images
 
 import (
+	"bufio"
 	"bytes"
 	"debug/elf"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/u-root/u-root/pkg/cpio"
 )
@@ -38,6 +41,41 @@ func TestNeutralInitRuns(t *testing.T) {
 	}
 }
 
+// The idle twin prints the marker and stays until it is killed.
+func TestNeutralIdleWaits(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "idle")
+	if err := os.WriteFile(p, NeutralIdle(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(p)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != NeutralMarker+"\n" {
+		t.Fatalf("printed %q, %v", line, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		t.Fatalf("idle program exited: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	// Signals with no handler wake pause(2) and end the process.
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("idle program ignored SIGTERM")
+	}
+}
+
 func TestNeutralRootfs(t *testing.T) {
 	c := &Cache{Dir: t.TempDir()}
 	n, err := c.NeutralRootfs()
@@ -62,6 +100,12 @@ func TestNeutralRootfs(t *testing.T) {
 	}
 	if _, ok := names["init"]; !ok {
 		t.Errorf("no init in the initrd")
+	}
+	if _, ok := names["idle"]; !ok {
+		t.Errorf("no idle in the initrd")
+	}
+	if b, err := os.ReadFile(filepath.Join(n.IdleBundle, "config.json")); err != nil || !bytes.Contains(b, []byte(`"/idle"`)) {
+		t.Errorf("idle bundle config: %s %v", b, err)
 	}
 	var cfg struct {
 		Process struct {

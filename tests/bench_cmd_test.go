@@ -25,7 +25,8 @@ func TestNestedBench(t *testing.T) {
 		Results []struct {
 			Name, Kind, Where, Reason string
 			Available                 bool
-			Ready, Exit               *struct{ Median float64 } `json:",omitempty"`
+			Ready                     *struct{ Median float64 } `json:"ready_ms"`
+			Exit                      *struct{ Median float64 } `json:"exit_ms"`
 			Memory                    *struct {
 				Overhead float64 `json:"overhead_mib"`
 			}

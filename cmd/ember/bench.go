@@ -14,6 +14,7 @@ import (
 
 type benchFlags struct {
 	runs, memory       int
+	density            int
 	kernel, accel, svg string
 	json, noContainers bool
 	noDocker           bool
@@ -39,7 +40,8 @@ then also measured on this host, labelled "host". Ratios are only honest
 between rows of the same place.`,
 		Example: `  ember bench
   ember bench -n 10 --json > bench.json
-  ember bench --svg bench.svg`,
+  ember bench --svg bench.svg
+  ember bench --density 8`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cacheDir := g.cacheDir
@@ -51,12 +53,15 @@ between rows of the same place.`,
 			default:
 				return fmt.Errorf("--accel %q: expected auto, kvm or nested", f.accel)
 			}
+			if f.density < 0 || f.density > 256 {
+				return fmt.Errorf("--density %d: expected 1 to 256 instances", f.density)
+			}
 			if f.memory < 64 || f.memory > 16384 {
 				return fmt.Errorf("--memory %d: expected 64 to 16384 MiB", f.memory)
 			}
 			rep, err := bench.Main(cmd.Context(), bench.Config{
 				Runs: f.runs, Kernel: f.kernel, MemoryMiB: f.memory, Accel: f.accel, CacheDir: cacheDir,
-				Containers: !f.noContainers, Docker: !f.noDocker, Log: g.log, Stderr: os.Stderr,
+				Containers: !f.noContainers, Docker: !f.noDocker, Log: g.log, Stderr: os.Stderr, Density: f.density,
 			})
 			if err != nil {
 				return err
@@ -81,6 +86,11 @@ between rows of the same place.`,
 					return nil
 				}
 			}
+			for _, r := range rep.Density {
+				if r.Available {
+					return nil
+				}
+			}
 			return fmt.Errorf("%w (see the reasons above)", bench.ErrNoContender)
 		},
 	}
@@ -93,6 +103,7 @@ between rows of the same place.`,
 	fl.BoolVar(&f.json, "json", false, "print the report as JSON instead of a table")
 	fl.BoolVar(&f.noContainers, "no-containers", false, "leave out crun and runc")
 	fl.BoolVar(&f.noDocker, "no-docker", false, "leave out docker")
+	fl.IntVar(&f.density, "density", 0, "instead of boot times: start this many idle VMs (128 MiB each) and containers at once, report host memory per instance and the time to start all")
 	_ = cmd.RegisterFlagCompletionFunc("accel", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 		return []string{"auto", "kvm", "nested"}, cobra.ShellCompDirectiveNoFileComp
 	})
@@ -109,11 +120,10 @@ func newBenchInsideCmd(g *globals) *cobra.Command {
 		Hidden: true,
 		Args:   cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			res, err := bench.Inside(cmd.Context(), args[0], os.Stderr)
+			b, err := bench.Inside(cmd.Context(), args[0], os.Stderr)
 			if err != nil {
 				return err
 			}
-			b, _ := json.Marshal(res)
 			if resultFile == "" {
 				fmt.Println(string(b))
 				return nil

@@ -49,6 +49,9 @@ type Options struct {
 	VMs, Containers, Docker bool
 	// Timeout bounds one run.
 	Timeout time.Duration
+	// Density, when positive, measures that many idle instances of each
+	// contender at once instead of boot times.
+	Density int
 	// Progress, when set, hears about every run.
 	Progress func(line string) `json:"-"`
 }

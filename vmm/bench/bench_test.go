@@ -189,3 +189,62 @@ func TestWrap(t *testing.T) {
 		t.Fatalf("wrap = %q", got)
 	}
 }
+
+// Three idle programs at once, measured and stopped: the density path
+// without VMs or runtimes.
+func TestDensityOnce(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "idle")
+	if err := os.WriteFile(p, images.NeutralIdle(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := &contender{name: "idle", kind: "process", args: []string{p}}
+	o := Options{Density: 3, Timeout: time.Minute, Neutral: &images.Neutral{Key: "t"}}
+	var r DensityResult
+	if err := densityOnce(context.Background(), o, c, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.StartAllMS <= 0 || r.PSSMiB <= 0 {
+		t.Fatalf("density: %+v", r)
+	}
+	// One that never prints the marker fails within the limit, and is
+	// stopped.
+	o.Timeout = 300 * time.Millisecond
+	if err := densityOnce(context.Background(), o, &contender{name: "sleep", args: []string{"sleep", "60"}}, &r); err == nil || !strings.Contains(err.Error(), "within") {
+		t.Fatalf("no marker: %v", err)
+	}
+}
+
+func TestDensityTable(t *testing.T) {
+	rep := &Report{Density: []DensityResult{
+		{Name: "ember", Kind: "vm", Where: "L1", N: 8, Available: true, StartAllMS: 9000, HostMiB: 30.5, PSSMiB: 40},
+		{Name: "docker", Where: "L1", N: 8, Reason: "no Docker engine reachable here"},
+	}}
+	var b bytes.Buffer
+	rep.Table(&b)
+	for _, want := range []string{"ember", "9000", "30.5", "not available: docker (L1): no Docker engine"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("density table lacks %q:\n%s", want, b.String())
+		}
+	}
+	b.Reset()
+	if err := rep.SVG(&b); err != nil {
+		t.Fatal(err)
+	}
+	d := xml.NewDecoder(&b)
+	var text strings.Builder
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("density SVG: %v", err)
+		}
+		if c, ok := tok.(xml.CharData); ok {
+			text.Write(c)
+		}
+	}
+	if !strings.Contains(text.String(), "30.5 MiB each, all 8 up in 9000 ms") {
+		t.Errorf("density SVG text: %s", text.String())
+	}
+}

@@ -29,7 +29,10 @@ type Config struct {
 	CacheDir string
 	// Containers and Docker turn those contenders on.
 	Containers, Docker bool
-	Log                *slog.Logger
+	// Density, when positive, measures that many idle instances of each
+	// contender at once instead of boot times.
+	Density int
+	Log     *slog.Logger
 	// Stderr gets progress and the nested guest's console.
 	Stderr io.Writer
 }
@@ -55,7 +58,7 @@ func Main(ctx context.Context, c Config) (*Report, error) {
 		return nil, err
 	}
 	cache := &images.Cache{Dir: c.CacheDir, Log: c.Log, Progress: c.Stderr}
-	o := Options{Runs: c.Runs, KernelName: c.Kernel, MemoryMiB: c.MemoryMiB, CacheDir: c.CacheDir,
+	o := Options{Runs: c.Runs, KernelName: c.Kernel, MemoryMiB: c.MemoryMiB, CacheDir: c.CacheDir, Density: c.Density,
 		Cmdline: platform.New().Cmdline() + " " + configs.Default().Boot.Cmdline, Timeout: 5 * time.Minute}
 	if o.Self, err = os.Executable(); err != nil {
 		return nil, err
@@ -88,19 +91,23 @@ func Main(ctx context.Context, c Config) (*Report, error) {
 	say := func(line string) { fmt.Fprintf(c.Stderr, "bench: %s\n", line) }
 	if accel == launch.AccelKVM {
 		o.Where, o.VMs, o.Containers, o.Docker, o.Progress = "host", true, c.Containers, c.Docker, say
-		rep.Results = Run(ctx, o)
+		rep.Results, rep.Density = runHere(ctx, o)
 	} else {
-		inner := o
-		inner.Where, inner.VMs, inner.Containers, inner.Docker = "L1", true, c.Containers, c.Docker
-		b, err := json.Marshal(inner)
+		plan := o
+		plan.Where, plan.VMs, plan.Containers, plan.Docker = "L1", true, c.Containers, c.Docker
+		b, err := json.Marshal(plan)
 		if err != nil {
 			return nil, err
 		}
 		say("VMs and containers run inside one nested L1 guest (QEMU/TCG with nested KVM)")
+		guests := uint64(c.MemoryMiB) << 20
+		if c.Density > 0 {
+			guests = uint64(c.Density*DensityMemoryMiB) << 20
+		}
 		res, err := launch.InL1(ctx, cache, lo, launch.L1Run{
 			Args:  []string{"bench-inside", filepath.Join(proto.IOMount, planFile)},
 			Files: []string{c.CacheDir, o.Kernel}, IOFiles: map[string][]byte{planFile: b},
-			MemoryMiB: launch.L1MemoryMiB(uint64(c.MemoryMiB) << 20),
+			MemoryMiB: launch.L1MemoryMiB(guests),
 		})
 		if err != nil {
 			return nil, err
@@ -108,25 +115,43 @@ func Main(ctx context.Context, c Config) (*Report, error) {
 		if len(res.ResultJSON) == 0 {
 			return nil, fmt.Errorf("nested: the ember bench inside L1 ended (status %d) without results", res.ExitStatus)
 		}
-		if err := json.Unmarshal(res.ResultJSON, &rep.Results); err != nil {
+		var in innerResults
+		if err := json.Unmarshal(res.ResultJSON, &in); err != nil {
 			return nil, fmt.Errorf("nested: results from L1: %w", err)
 		}
+		rep.Results, rep.Density = in.Results, in.Density
 		rep.L1BootMS = ms(res.L1Boot)
 		rep.Notes = append(rep.Notes, "rows marked L1 ran inside one nested L1 guest (software-emulated CPU with nested KVM): absolute times are slowed many times over; compare ratios between L1 rows")
 		if c.Containers || c.Docker {
 			say("containers on this host, for reference (not comparable with the L1 rows)")
 			host := o
 			host.Where, host.VMs, host.Containers, host.Docker, host.Progress = "host", false, c.Containers, c.Docker, say
-			rep.Results = append(rep.Results, Run(ctx, host)...)
+			r, d := runHere(ctx, host)
+			rep.Results, rep.Density = append(rep.Results, r...), append(rep.Density, d...)
 		}
 	}
 	rep.Seconds = time.Since(start).Seconds()
 	return rep, nil
 }
 
+// runHere runs the boot comparison, or the density measurement when
+// o.Density is set, on this host.
+func runHere(ctx context.Context, o Options) ([]Result, []DensityResult) {
+	if o.Density > 0 {
+		return nil, Density(ctx, o)
+	}
+	return Run(ctx, o), nil
+}
+
+// innerResults is what the bench inside L1 returns.
+type innerResults struct {
+	Results []Result        `json:"results,omitempty"`
+	Density []DensityResult `json:"density,omitempty"`
+}
+
 // Inside runs the plan of a nested bench (the ember inside L1) and
-// returns its results.
-func Inside(ctx context.Context, planPath string, stderr io.Writer) ([]Result, error) {
+// returns its results as JSON.
+func Inside(ctx context.Context, planPath string, stderr io.Writer) ([]byte, error) {
 	b, err := os.ReadFile(planPath)
 	if err != nil {
 		return nil, err
@@ -136,5 +161,7 @@ func Inside(ctx context.Context, planPath string, stderr io.Writer) ([]Result, e
 		return nil, fmt.Errorf("%s: %w", planPath, err)
 	}
 	o.Progress = func(line string) { fmt.Fprintf(stderr, "bench (L1): %s\n", line) }
-	return Run(ctx, o), nil
+	var in innerResults
+	in.Results, in.Density = runHere(ctx, o)
+	return json.Marshal(in)
 }

@@ -19,9 +19,11 @@ type Report struct {
 	Cmdline   string   `json:"cmdline"`
 	MemoryMiB int      `json:"memory_mib"`
 	Runs      int      `json:"runs"`
-	Results   []Result `json:"results"`
-	L1BootMS  float64  `json:"l1_boot_ms,omitempty"`
-	Seconds   float64  `json:"seconds"`
+	Results   []Result `json:"results,omitempty"`
+	// Density holds a --density run's measurements.
+	Density  []DensityResult `json:"density,omitempty"`
+	L1BootMS float64         `json:"l1_boot_ms,omitempty"`
+	Seconds  float64         `json:"seconds"`
 	// Notes say how to read the numbers.
 	Notes []string `json:"notes,omitempty"`
 }
@@ -58,6 +60,15 @@ func (r *Report) Ratios() []string {
 
 // Table writes the human report.
 func (r *Report) Table(w io.Writer) {
+	if len(r.Density) > 0 {
+		r.densityTable(w)
+	}
+	if len(r.Results) == 0 {
+		for _, n := range r.Notes {
+			fmt.Fprintln(w, "note:", n)
+		}
+		return
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "CONTENDER\tWHERE\tINIT\tFIRST OUTPUT ms\tp90\tmin\tmax\tEXIT ms\tp90\tRSS MiB\tVMM OVERHEAD MiB\tPRIVATE MiB\t")
 	for _, x := range r.Results {
@@ -104,6 +115,9 @@ func (r *Report) Table(w io.Writer) {
 // phases (start to first output, first output to exit; medians), with the
 // numbers on it, then the contenders that could not run and why.
 func (r *Report) SVG(w io.Writer) error {
+	if len(r.Results) == 0 && len(r.Density) > 0 {
+		return r.densitySVG(w)
+	}
 	const (
 		left, right, top, rowH, barH = 250.0, 230.0, 90.0, 34.0, 20.0
 		width                        = 1000.0
@@ -252,4 +266,58 @@ func esc(s string) string {
 	var b strings.Builder
 	_ = xml.EscapeText(&b, []byte(s))
 	return b.String()
+}
+
+func (r *Report) densityTable(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "IDLE INSTANCES\tWHERE\tN\tALL UP ms\tHOST MiB EACH\tPSS MiB EACH\t")
+	for _, x := range r.Density {
+		if x.Available {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%.1f\t%.1f\t\n", x.Name, x.Where, x.N, x.StartAllMS, x.HostMiB, x.PSSMiB)
+		}
+	}
+	tw.Flush()
+	for _, x := range r.Density {
+		if !x.Available {
+			fmt.Fprintf(w, "not available: %s (%s): %s\n", x.Name, x.Where, x.Reason)
+		}
+	}
+}
+
+// densitySVG charts a --density run: host memory per idle instance, with
+// the time to start all of them.
+func (r *Report) densitySVG(w io.Writer) error {
+	const left, right, top, rowH, barH, width = 250.0, 260.0, 50.0, 34.0, 20.0, 1000.0
+	var most float64
+	n := 0
+	for _, x := range r.Density {
+		if x.Available {
+			most = max(most, x.HostMiB)
+			n = x.N
+		}
+	}
+	height := top + rowH*float64(len(r.Density)) + 40
+	var b bytes.Buffer
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" viewBox="0 0 %.0f %.0f" font-family="sans-serif" font-size="13">`+"\n", width, height, width, height)
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
+	fmt.Fprintf(&b, `<text x="10" y="24" font-size="17" font-weight="bold">%s</text>`+"\n",
+		esc(fmt.Sprintf("Host memory per idle instance, %d started at once (accel %s)", n, r.Accel)))
+	for i, x := range r.Density {
+		y := top + rowH*float64(i)
+		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="end">%s</text>`+"\n", left-8, y+barH-5, esc(fmt.Sprintf("%s [%s]", x.Name, x.Where)))
+		if !x.Available {
+			fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" fill="#777">%s</text>`+"\n", left, y+barH-5, esc("not available: "+x.Reason))
+			continue
+		}
+		bw := 0.0
+		if most > 0 {
+			bw = x.HostMiB / most * (width - left - right)
+		}
+		fmt.Fprintf(&b, `<rect x="%.0f" y="%.0f" width="%.1f" height="%.0f" fill="#3b6fb6"/>`+"\n", left, y, bw, barH)
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.0f">%s</text>`+"\n", left+bw+6, y+barH-5,
+			esc(fmt.Sprintf("%.1f MiB each, all %d up in %.0f ms", x.HostMiB, x.N, x.StartAllMS)))
+	}
+	b.WriteString("</svg>\n")
+	_, err := w.Write(b.Bytes())
+	return err
 }
