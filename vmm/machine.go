@@ -42,7 +42,9 @@ type Config struct {
 	Cmdline string
 	CPUs    int
 	Memory  uint64 // bytes
-	KVMPath string // default /dev/kvm
+	// HugePages backs guest RAM with transparent huge pages.
+	HugePages bool
+	KVMPath   string // default /dev/kvm
 
 	// Console receives the guest's serial output; nil discards it. A
 	// pollable *os.File lets Run bound the time it waits for a stalled
@@ -262,7 +264,7 @@ func New(cfg Config) (_ *Machine, err error) {
 	if m.vm, err = m.sys.CreateVM(); err != nil {
 		return nil, err
 	}
-	if m.mem, err = memory.New(ramLayout(bp.RAM)); err != nil {
+	if m.mem, err = memory.New(ramLayout(bp.RAM), cfg.HugePages); err != nil {
 		return nil, err
 	}
 	for i, r := range m.mem.Regions() {

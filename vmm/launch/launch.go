@@ -131,6 +131,7 @@ type Plan struct {
 	Cmdline     string    `json:"cmdline,omitempty"`
 	CPUs        int       `json:"cpus"`
 	Memory      uint64    `json:"memory"`
+	HugePages   bool      `json:"huge_pages,omitempty"`
 	Run         proto.Run `json:"run"`
 	Interactive bool      `json:"interactive,omitempty"`
 	// Drives are the virtio-blk disks (absolute image paths).
@@ -212,7 +213,7 @@ func makePlan(ctx context.Context, cache *images.Cache, cfg *configs.VM, o Optio
 		return nil, err
 	}
 	p := &Plan{Kernel: kernel, Initrd: initrd, Cmdline: kernelCmdline(cfg.Boot), CPUs: cfg.Machine.CPUs,
-		Memory: uint64(cfg.Machine.Memory), Run: proto.Run{Env: cfg.Run.Env, Stdio: !o.Interactive}, Interactive: o.Interactive}
+		Memory: uint64(cfg.Machine.Memory), HugePages: cfg.Machine.HugePages, Run: proto.Run{Env: cfg.Run.Env, Stdio: !o.Interactive}, Interactive: o.Interactive}
 	if o.ConsoleLog != "" {
 		if p.ConsoleLog, err = filepath.Abs(o.ConsoleLog); err != nil {
 			return nil, fmt.Errorf("--console-log: %w", err)
@@ -523,7 +524,7 @@ func (p *Plan) check() (*boot.Kernel, []byte, error) {
 }
 
 func (p *Plan) vmmConfig(k *boot.Kernel, extra []byte) vmm.Config {
-	return vmm.Config{Kernel: k, Initrd: p.Initrd, Extra: extra, Cmdline: p.Cmdline, CPUs: p.CPUs, Memory: p.Memory,
+	return vmm.Config{Kernel: k, Initrd: p.Initrd, Extra: extra, Cmdline: p.Cmdline, CPUs: p.CPUs, Memory: p.Memory, HugePages: p.HugePages,
 		Drives: p.Drives, RNG: p.RNG, Vsock: p.Vsock, Nets: p.Nets, Shares: p.Shares, Shares9P: p.Shares9P}
 }
 

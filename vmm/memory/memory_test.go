@@ -2,8 +2,13 @@ package memory
 
 import (
 	"errors"
+	"fmt"
 	"math"
+	"os"
+	"slices"
+	"strings"
 	"testing"
+	"unsafe"
 )
 
 // The platform's layout: RAM split around a hole from 3 GiB to 4 GiB.
@@ -73,11 +78,11 @@ func TestBounds(t *testing.T) {
 
 func TestNewRejectsBadSizes(t *testing.T) {
 	for _, s := range []uint64{0, 4095} {
-		if _, err := New([][2]uint64{{0, s}}); err == nil {
+		if _, err := New([][2]uint64{{0, s}}, false); err == nil {
 			t.Errorf("New(%d) succeeded", s)
 		}
 	}
-	m, err := New([][2]uint64{{0, 2 << 20}})
+	m, err := New([][2]uint64{{0, 2 << 20}}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,4 +105,35 @@ func FuzzSlice(f *testing.F) {
 			t.Fatalf("Slice(%#x, %d) returned %d bytes", gpa, n, len(s))
 		}
 	})
+}
+
+// Guest RAM is advised as the config says: no huge pages by default (a
+// guest costs the pages it touches), huge pages when asked.
+func TestHugePageAdvice(t *testing.T) {
+	for huge, flag := range map[bool]string{false: "nh", true: "hg"} {
+		m, err := New([][2]uint64{{0, 4 << 20}}, huge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The mapping's address, to find it in smaps.
+		start := fmt.Sprintf("%x-", uintptr(unsafe.Pointer(&m.regions[0].Data[0])))
+		b, err := os.ReadFile("/proc/self/smaps")
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := strings.Index(string(b), "\n"+start)
+		if i < 0 {
+			t.Fatalf("guest RAM mapping %s not in smaps", start)
+		}
+		rest := string(b[i+1:])
+		j := strings.Index(rest, "VmFlags:")
+		if j < 0 {
+			t.Fatal("no VmFlags")
+		}
+		flags := strings.Fields(strings.SplitN(rest[j:], "\n", 2)[0])
+		if !slices.Contains(flags, flag) {
+			t.Errorf("huge=%v: VmFlags %v lack %q", huge, flags, flag)
+		}
+		m.Close()
+	}
 }
