@@ -16,6 +16,7 @@ type benchFlags struct {
 	runs, memory       int
 	density            int
 	kernel, accel, svg string
+	cmdline            string
 	json, noContainers bool
 	noDocker           bool
 }
@@ -61,7 +62,7 @@ between rows of the same place.`,
 			}
 			rep, err := bench.Main(cmd.Context(), bench.Config{
 				Runs: f.runs, Kernel: f.kernel, MemoryMiB: f.memory, Accel: f.accel, CacheDir: cacheDir,
-				Containers: !f.noContainers, Docker: !f.noDocker, Log: g.log, Stderr: os.Stderr, Density: f.density,
+				Containers: !f.noContainers, Docker: !f.noDocker, Log: g.log, Stderr: os.Stderr, Density: f.density, Cmdline: f.cmdline,
 			})
 			if err != nil {
 				return err
@@ -98,6 +99,7 @@ between rows of the same place.`,
 	fl.IntVarP(&f.runs, "runs", "n", 5, "measured runs per contender (after one warm-up run)")
 	fl.StringVar(&f.kernel, "kernel", "debian:cloud-amd64", `the VMs' kernel: "debian:cloud-amd64", "debian:amd64" or a bzImage path`)
 	fl.IntVar(&f.memory, "memory", 512, "guest RAM of every VM, MiB")
+	fl.StringVar(&f.cmdline, "cmdline", "", "added to every VM's kernel command line (all VMMs alike)")
 	fl.StringVar(&f.accel, "accel", "auto", "accelerator: auto, kvm or nested")
 	fl.StringVar(&f.svg, "svg", "", "write a chart of the phases to this SVG file")
 	fl.BoolVar(&f.json, "json", false, "print the report as JSON instead of a table")

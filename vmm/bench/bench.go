@@ -36,9 +36,10 @@ type Options struct {
 	EmberInitrd string
 	// Neutral is the root file system every contender starts.
 	Neutral *images.Neutral
-	// Cmdline is the whole kernel command line every VM gets.
-	Cmdline   string
-	MemoryMiB int
+	// Cmdline is the whole kernel command line every VM gets: ember's
+	// platform part, then UserCmdline (what ember's --cmdline sets).
+	Cmdline, UserCmdline string
+	MemoryMiB            int
 	// Self is the ember executable; CacheDir its cache.
 	Self, CacheDir string
 	// Where labels this host in the report: "host", or "L1" inside the
@@ -148,7 +149,7 @@ func contenders(o Options) []*contender {
 	if o.VMs {
 		ember := func(initrd string, cmd ...string) []string {
 			a := []string{o.Self, "run", "--accel", "kvm", "--cache-dir", o.CacheDir, "--kernel", o.Kernel,
-				"--initrd", initrd, "--cpus", "1", "--memory", mem + "M", "--json"}
+				"--initrd", initrd, "--cpus", "1", "--memory", mem + "M", "--json", "--cmdline", o.UserCmdline}
 			if len(cmd) > 0 {
 				a = append(append(a, "--"), cmd...)
 			}

@@ -61,7 +61,7 @@ func densityContenders(o Options) []*contender {
 	if o.VMs {
 		cs = append(cs, &contender{name: "ember", kind: "vm", args: []string{o.Self, "run", "--accel", "kvm",
 			"--cache-dir", o.CacheDir, "--kernel", o.Kernel, "--initrd", o.Neutral.Initrd, "--cpus", "1",
-			"--memory", strconv.Itoa(DensityMemoryMiB) + "M", "--cmdline", "rdinit=/idle"}})
+			"--memory", strconv.Itoa(DensityMemoryMiB) + "M", "--cmdline", strings.TrimSpace(o.UserCmdline + " rdinit=/idle")}})
 	}
 	return append(cs, contenders(Options{Containers: o.Containers, Docker: o.Docker, Neutral: o.Neutral})...)
 }

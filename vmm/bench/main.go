@@ -32,6 +32,8 @@ type Config struct {
 	// Density, when positive, measures that many idle instances of each
 	// contender at once instead of boot times.
 	Density int
+	// Cmdline is added to every VM's kernel command line.
+	Cmdline string
 	Log     *slog.Logger
 	// Stderr gets progress and the nested guest's console.
 	Stderr io.Writer
@@ -58,8 +60,9 @@ func Main(ctx context.Context, c Config) (*Report, error) {
 		return nil, err
 	}
 	cache := &images.Cache{Dir: c.CacheDir, Log: c.Log, Progress: c.Stderr}
+	user := strings.TrimSpace(configs.Default().Boot.Cmdline + " " + c.Cmdline)
 	o := Options{Runs: c.Runs, KernelName: c.Kernel, MemoryMiB: c.MemoryMiB, CacheDir: c.CacheDir, Density: c.Density,
-		Cmdline: platform.New().Cmdline() + " " + configs.Default().Boot.Cmdline, Timeout: 5 * time.Minute}
+		Cmdline: platform.New().Cmdline() + " " + user, UserCmdline: user, Timeout: 5 * time.Minute}
 	if o.Self, err = os.Executable(); err != nil {
 		return nil, err
 	}
