@@ -87,6 +87,9 @@ func TestInputErrors(t *testing.T) {
 		{"share guest path", []string{"run", "--share", "/tmp:relative"}, []string{"share[0].guest", "absolute"}},
 		{"tmpfs without host root", []string{"run", "--tmpfs", "~"}, []string{"boot.tmpfs", `rootfs = "host"`}},
 		{"tmpfs of a missing directory", []string{"run", "--rootfs", "host", "--tmpfs", "/no/such/dir"}, []string{"boot.tmpfs", "/no/such/dir", "not a directory"}},
+		{"bench without runs", []string{"bench", "-n", "0"}, []string{"--runs 0", "at least 1"}},
+		{"bench chart into a missing directory", []string{"bench", "--svg", "/no/such/dir/b.svg"}, []string{"--svg", "/no/such/dir", "not a directory"}},
+		{"bench kernel missing", []string{"bench", "--kernel", "/no/such/bzImage"}, []string{"--kernel", "/no/such/bzImage"}},
 	}
 	before := leftovers(t)
 	for _, c := range cases {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -53,6 +54,15 @@ between rows of the same place.`,
 			case "auto", "kvm", "nested":
 			default:
 				return fmt.Errorf("--accel %q: expected auto, kvm or nested", f.accel)
+			}
+			if f.runs < 1 {
+				return fmt.Errorf("--runs %d: expected at least 1", f.runs)
+			}
+			if f.svg != "" {
+				// Checked before the runs, so their results are not lost.
+				if st, err := os.Stat(filepath.Dir(f.svg)); err != nil || !st.IsDir() {
+					return fmt.Errorf("--svg %s: %s is not a directory", f.svg, filepath.Dir(f.svg))
+				}
 			}
 			if f.density < 0 || f.density > 256 {
 				return fmt.Errorf("--density %d: expected 1 to 256 instances", f.density)

@@ -55,10 +55,7 @@ func Main(ctx context.Context, c Config) (*Report, error) {
 		c.Log = slog.New(slog.DiscardHandler)
 	}
 	lo := launch.Options{Stderr: c.Stderr, Log: c.Log, Progress: c.Stderr, CacheDir: c.CacheDir}
-	accel, err := launch.PickAccel(c.Accel, lo)
-	if err != nil {
-		return nil, err
-	}
+	var err error
 	cache := &images.Cache{Dir: c.CacheDir, Log: c.Log, Progress: c.Stderr}
 	user := strings.TrimSpace(configs.Default().Boot.Cmdline + " " + c.Cmdline)
 	o := Options{Runs: c.Runs, KernelName: c.Kernel, MemoryMiB: c.MemoryMiB, CacheDir: c.CacheDir, Density: c.Density,
@@ -88,6 +85,12 @@ func Main(ctx context.Context, c Config) (*Report, error) {
 		}
 	}
 	if o.Neutral, err = cache.NeutralRootfs(); err != nil {
+		return nil, err
+	}
+	// After the inputs are checked: a bad one is one line, with no notice
+	// about the accelerator before it.
+	accel, err := launch.PickAccel(c.Accel, lo)
+	if err != nil {
 		return nil, err
 	}
 	rep := &Report{Accel: accel, Kernel: c.Kernel, Cmdline: o.Cmdline, MemoryMiB: c.MemoryMiB, Runs: c.Runs}
