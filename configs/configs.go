@@ -44,7 +44,8 @@ type VM struct {
 
 // Boot says what to boot.
 type Boot struct {
-	// Kernel is a bzImage or ELF vmlinux path, or "debian:<flavour>".
+	// Kernel is a bzImage or ELF vmlinux path, a kernel build tree,
+	// "debian:<flavour>", or "minimal" (ember images kernel --minimal).
 	Kernel string `toml:"kernel"`
 	// Initrd is a path, "default" (ember's u-root image) or "none".
 	Initrd string `toml:"initrd"`
@@ -588,7 +589,11 @@ func checkKernel(k string) error {
 		return fmt.Errorf("unknown Debian flavour %q (expected debian:%s)", f, strings.Join(Flavours, " or debian:"))
 	}
 	if k == "" {
-		return errors.New("empty (expected a kernel path or debian:<flavour>)")
+		return errors.New("empty (expected a kernel path, debian:<flavour> or minimal)")
+	}
+	if k == "minimal" {
+		// Built by ember images kernel --minimal; launch says if it is not.
+		return nil
 	}
 	if st, err := os.Stat(k); err == nil && st.IsDir() {
 		_, err := KernelInTree(k)

@@ -107,7 +107,7 @@ between rows of the same place.`,
 	}
 	fl := cmd.Flags()
 	fl.IntVarP(&f.runs, "runs", "n", 5, "measured runs per contender (after one warm-up run)")
-	fl.StringVar(&f.kernel, "kernel", "debian:cloud-amd64", `the VMs' kernel: "debian:cloud-amd64", "debian:amd64" or a bzImage path`)
+	fl.StringVar(&f.kernel, "kernel", "debian:cloud-amd64", `the VMs' kernel: "debian:cloud-amd64", "debian:amd64", "minimal" (ember images kernel --minimal) or a bzImage path`)
 	fl.IntVar(&f.memory, "memory", 512, "guest RAM of every VM, MiB")
 	fl.StringVar(&f.cmdline, "cmdline", "", "added to every VM's kernel command line (all VMMs alike)")
 	fl.StringVar(&f.accel, "accel", "auto", "accelerator: auto, kvm or nested")

@@ -75,6 +75,45 @@ func newImagesCmd(g *globals) *cobra.Command {
 	fetch.Flags().StringSliceVar(&flavours, "flavour", []string{"cloud-amd64", "amd64"}, "Debian kernel flavours")
 	fetch.Flags().BoolVar(&asJSON, "json", false, "print paths as JSON")
 	fetch.Flags().BoolVar(&l1, "nested", true, "also build the L1 image used by --accel nested")
-	cmd.AddCommand(fetch)
+	var minimal bool
+	kernel := &cobra.Command{
+		Use:   "kernel --minimal",
+		Short: "Build ember's minimal kernel from Debian's kernel source (cached; --kernel minimal)",
+		Long: `Build a small x86-64 kernel from Debian's linux-source-6.1: tinyconfig with
+images/minimal.config merged over it (virtio-mmio with blk, net, vsock, rng,
+console, virtiofs and 9p, the 8250 serial port, ACPI, PVH, ext4, tmpfs and
+devtmpfs, all built in; no modules, PCI, USB, graphics or sound). It takes
+minutes, once per cache; then --kernel minimal boots it (ember run, ember
+test, ember bench). Missing packages (the source, a compiler, flex, bison,
+libelf-dev) are installed with apt-get when run as root.`,
+		Example: "  ember images kernel --minimal\n  ember run --kernel minimal -- ember-info",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !minimal {
+				return fmt.Errorf("ember images kernel: only --minimal is built here (Debian kernels come with ember images fetch)")
+			}
+			dir := g.cacheDir
+			if dir == "" {
+				dir = images.DefaultDir()
+			}
+			c := &images.Cache{Dir: dir, Log: g.log, Progress: progress(false)}
+			p, err := c.BuildMinimal(cmd.Context())
+			if err != nil {
+				return err
+			}
+			ib, err := launch.InitBinary("")
+			if err != nil {
+				return err
+			}
+			initrd, err := c.Initramfs(cmd.Context(), nil, ib)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "minimal\n  kernel    %s\n  initramfs %s\n", p, initrd)
+			return nil
+		},
+	}
+	kernel.Flags().BoolVar(&minimal, "minimal", false, "build the minimal kernel")
+	cmd.AddCommand(fetch, kernel)
 	return cmd
 }

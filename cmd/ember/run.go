@@ -75,7 +75,7 @@ file, no accelerator); 127 the guest init could not start the command;
 		RunE: func(cmd *cobra.Command, args []string) error { return runVM(cmd, g, f, args) },
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.kernel, "kernel", "", `kernel: a bzImage or ELF vmlinux path, or "debian:cloud-amd64" / "debian:amd64"`)
+	fl.StringVar(&f.kernel, "kernel", "", `kernel: a bzImage or ELF vmlinux path, a kernel build tree, "debian:cloud-amd64" / "debian:amd64", or "minimal" (ember images kernel --minimal)`)
 	fl.StringVar(&f.initrd, "initrd", "", `initramfs path, "default" (ember's u-root image for a debian: kernel) or "none"`)
 	fl.StringVar(&f.cmdline, "cmdline", "", "kernel command line, appended to what ember needs")
 	fl.IntVar(&f.cpus, "cpus", 0, "number of vCPUs")
@@ -224,7 +224,7 @@ func newRunPlanCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			o := launch.Options{Interactive: p.Interactive, KVMPath: f.kvmPath, Stderr: os.Stderr, Log: g.log}
+			o := launch.Options{Interactive: p.Interactive, KVMPath: f.kvmPath, Stderr: os.Stderr, Log: g.log, Started: g.started}
 			return runAndReport(cmd, g, f, o, false, func(o launch.Options) (*launch.Report, error) {
 				return launch.RunPlan(cmd.Context(), p, o)
 			})

@@ -63,12 +63,16 @@ func Main(ctx context.Context, c Config) (*Report, error) {
 	if o.Self, err = os.Executable(); err != nil {
 		return nil, err
 	}
-	if flavour, ok := strings.CutPrefix(c.Kernel, "debian:"); ok {
-		k, err := cache.Kernel(ctx, flavour)
-		if err != nil {
+	if flavour, ok := strings.CutPrefix(c.Kernel, "debian:"); ok || c.Kernel == images.MinimalName {
+		var k *images.Kernel
+		if ok {
+			if k, err = cache.Kernel(ctx, flavour); err != nil {
+				return nil, err
+			}
+			o.Kernel = k.Path
+		} else if o.Kernel, err = cache.MinimalKernel(); err != nil {
 			return nil, err
 		}
-		o.Kernel = k.Path
 		ib, err := launch.InitBinary("")
 		if err != nil {
 			return nil, err

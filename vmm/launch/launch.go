@@ -562,7 +562,12 @@ func PickAccel(want string, o Options) (string, error) {
 // resolveBoot turns the config's kernel and initrd specs into files.
 func resolveBoot(ctx context.Context, cache *images.Cache, cfg *configs.VM, o Options) (kernel, initrd string, err error) {
 	var k *images.Kernel
-	if strings.HasPrefix(cfg.Boot.Kernel, "debian:") {
+	if cfg.Boot.Kernel == images.MinimalName {
+		// Everything built in: an image without modules.
+		if kernel, err = cache.MinimalKernel(); err != nil {
+			return "", "", err
+		}
+	} else if strings.HasPrefix(cfg.Boot.Kernel, "debian:") {
 		if k, err = images.ResolveKernel(ctx, cache, cfg.Boot.Kernel); err != nil {
 			return "", "", err
 		}
