@@ -5,7 +5,7 @@ LDFLAGS := -X main.version=$(VERSION)
 EMBER   := bin/ember
 TESTFLAGS ?=
 
-.PHONY: all build deps images run test unit e2e fuzz lint bench clean
+.PHONY: all build deps images minimal run test unit e2e fuzz lint bench clean
 
 all: build
 
@@ -23,12 +23,17 @@ deps:
 images: build deps
 	$(EMBER) images fetch
 
+# ember's minimal kernel, built from Debian's kernel source once per cache
+# (minutes); the device tests boot it too.
+minimal: build
+	$(EMBER) images kernel --minimal
+
 run: images
 	$(EMBER) run
 
 # Unit tests and fuzz seed corpora, then end-to-end tests that boot real
 # kernels (on /dev/kvm, or inside one nested L1 guest for the whole suite).
-test: images unit e2e
+test: images minimal unit e2e
 
 unit:
 	$(GO) vet ./...

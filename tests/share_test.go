@@ -15,12 +15,12 @@ import (
 // share refuses writes.
 func TestVMShare(t *testing.T) {
 	needVM(t)
-	for _, flavour := range []string{"cloud-amd64", "amd64"} {
+	for _, flavour := range deviceKernels() {
 		t.Run(flavour, func(t *testing.T) {
 			// One vCPU and 300 files: creating files by the thousand on
 			// 2 vCPUs is the heaviest exit and interrupt traffic of the
 			// suite and has hung or crashed the nested guest (README).
-			shareChecks(t, bootLimit, 300, "", vmArgs("--kernel", "debian:"+flavour)...)
+			shareChecks(t, bootLimit, 300, "", vmArgs("--kernel", kernelArg(flavour))...)
 		})
 	}
 }
@@ -35,10 +35,14 @@ func TestNestedShare(t *testing.T) {
 }
 
 // TestVMShare9P: the same checks over virtio-9p, on the generic kernel
-// (Debian's cloud kernel has no 9p).
+// and the minimal one (Debian's cloud kernel has no 9p).
 func TestVMShare9P(t *testing.T) {
 	needVM(t)
-	shareChecks(t, bootLimit, 300, ",9p", vmArgs("--kernel", "debian:amd64")...)
+	for _, flavour := range []string{"amd64", "minimal"} {
+		t.Run(flavour, func(t *testing.T) {
+			shareChecks(t, bootLimit, 300, ",9p", vmArgs("--kernel", kernelArg(flavour))...)
+		})
+	}
 }
 
 // shareChecks runs sharecheck in a share; opt is added to the --share

@@ -47,7 +47,7 @@ func diskImage(t *testing.T, size int64, ext4 bool) string {
 // a read-only drive refuses writes and stays byte for byte the same.
 func TestVMDrives(t *testing.T) {
 	needVM(t)
-	for _, flavour := range []string{"cloud-amd64", "amd64"} {
+	for _, flavour := range deviceKernels() {
 		t.Run(flavour, func(t *testing.T) {
 			disk := diskImage(t, 64<<20, true)
 			ro := filepath.Join(t.TempDir(), "ro.img")
@@ -59,7 +59,7 @@ func TestVMDrives(t *testing.T) {
 mount -t ext4 /dev/vda /mnt && cat /mnt/greeting && umount /mnt &&
 cat /sys/block/vdb/ro | tr 1 R && head_ok=$(dd if=/dev/vdb bs=10 count=1 2>/dev/null) && echo "ro-reads: $head_ok";
 if dd if=/dev/zero of=/dev/vdb bs=512 count=1 2>/dev/null; then echo RO-WRITE-SUCCEEDED; else echo ro-write-refused; fi; sync`
-			r := ember(t, bootLimit, vmArgs("--kernel", "debian:"+flavour, "--cpus", "2", "--json",
+			r := ember(t, bootLimit, vmArgs("--kernel", kernelArg(flavour), "--cpus", "2", "--json",
 				"--drive", "path="+disk, "--drive", "path="+ro+",ro,id=golden", "--", "sh", "-c", script)...)
 			wantCode(t, r, 0)
 			wantOut(t, r, "hello-from-the-guest")
@@ -86,9 +86,9 @@ if dd if=/dev/zero of=/dev/vdb bs=512 count=1 2>/dev/null; then echo RO-WRITE-SU
 // virtio-rng and gives bytes.
 func TestVMEntropy(t *testing.T) {
 	needVM(t)
-	for _, flavour := range []string{"cloud-amd64", "amd64"} {
+	for _, flavour := range deviceKernels() {
 		t.Run(flavour, func(t *testing.T) {
-			entropy(t, bootLimit, vmArgs("--kernel", "debian:"+flavour, "--cpus", "2")...)
+			entropy(t, bootLimit, vmArgs("--kernel", kernelArg(flavour), "--cpus", "2")...)
 		})
 	}
 }
@@ -176,9 +176,9 @@ func TestVMDriveDataSafety(t *testing.T) {
 // arrive whole.
 func TestVMVsock(t *testing.T) {
 	needVM(t)
-	for _, flavour := range []string{"cloud-amd64", "amd64"} {
+	for _, flavour := range deviceKernels() {
 		t.Run(flavour, func(t *testing.T) {
-			vsockRoundTrip(t, bootLimit, 1<<20, vmArgs("--kernel", "debian:"+flavour, "--cpus", "2")...)
+			vsockRoundTrip(t, bootLimit, 1<<20, vmArgs("--kernel", kernelArg(flavour), "--cpus", "2")...)
 		})
 	}
 }
@@ -288,9 +288,9 @@ func TestVMNet(t *testing.T) {
 	for _, c := range []struct {
 		flavour string
 		mib     int
-	}{{"cloud-amd64", 100}, {"amd64", 16}} {
+	}{{"cloud-amd64", 100}, {"amd64", 16}, {"minimal", 16}} {
 		t.Run(c.flavour, func(t *testing.T) {
-			netRoundTrip(t, bootLimit, c.mib, vmArgs("--kernel", "debian:"+c.flavour, "--cpus", "2")...)
+			netRoundTrip(t, bootLimit, c.mib, vmArgs("--kernel", kernelArg(c.flavour), "--cpus", "2")...)
 		})
 	}
 }
@@ -383,6 +383,18 @@ func TestVMDriveIO(t *testing.T) {
 	for _, p := range []string{"seqwrite", "seqread", "randwrite", "randread"} {
 		wantOut(t, r, "ioperf "+p)
 	}
+}
+
+// deviceKernels are the kernels every device test boots: Debian's two
+// and ember's minimal one (all built in).
+func deviceKernels() []string { return []string{"cloud-amd64", "amd64", "minimal"} }
+
+// kernelArg is --kernel's value for a kernel of deviceKernels.
+func kernelArg(flavour string) string {
+	if flavour == "minimal" {
+		return "minimal"
+	}
+	return "debian:" + flavour
 }
 
 // hostBridge creates a bridge with the host's address on it, removed when
