@@ -128,7 +128,8 @@ type Neutral struct {
 func (c *Cache) NeutralRootfs() (*Neutral, error) {
 	init, idle := NeutralInit(), NeutralIdle()
 	h := sha256.New()
-	for _, b := range [][]byte{init, idle, bundleConfig("/init"), bundleConfig("/idle")} {
+	// The layout's version counts too: the directories below.
+	for _, b := range [][]byte{[]byte("layout 2"), init, idle, bundleConfig("/init"), bundleConfig("/idle")} {
 		h.Write(b)
 	}
 	key := hex.EncodeToString(h.Sum(nil)[:8])
@@ -141,8 +142,12 @@ func (c *Cache) NeutralRootfs() (*Neutral, error) {
 		return n, nil
 	}
 	for _, b := range []string{n.Bundle, n.IdleBundle} {
-		if err := os.MkdirAll(filepath.Join(b, "rootfs", "dev"), 0o755); err != nil {
-			return nil, fmt.Errorf("neutral root file system: %w", err)
+		// The mount points the runtimes mount on: a read-only root cannot
+		// get them made at start.
+		for _, d := range []string{"dev", "proc"} {
+			if err := os.MkdirAll(filepath.Join(b, "rootfs", d), 0o755); err != nil {
+				return nil, fmt.Errorf("neutral root file system: %w", err)
+			}
 		}
 	}
 	var cp bytes.Buffer
@@ -158,6 +163,7 @@ func (c *Cache) NeutralRootfs() (*Neutral, error) {
 	var tb bytes.Buffer
 	tw := tar.NewWriter(&tb)
 	_ = tw.WriteHeader(&tar.Header{Name: "dev/", Typeflag: tar.TypeDir, Mode: 0o755})
+	_ = tw.WriteHeader(&tar.Header{Name: "proc/", Typeflag: tar.TypeDir, Mode: 0o755})
 	for _, f := range []struct {
 		name string
 		b    []byte

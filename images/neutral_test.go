@@ -123,6 +123,11 @@ func TestNeutralRootfs(t *testing.T) {
 	if len(cfg.Process.Args) != 1 || cfg.Process.Args[0] != "/init" || len(cfg.Process.Capabilities["bounding"]) != 0 {
 		t.Errorf("bundle process: %+v", cfg.Process)
 	}
+	for _, d := range []string{"dev", "proc"} {
+		if st, err := os.Stat(filepath.Join(n.Bundle, "rootfs", d)); err != nil || !st.IsDir() {
+			t.Errorf("bundle rootfs lacks the mount point /%s: %v", d, err)
+		}
+	}
 	if st, err := os.Stat(filepath.Join(n.Bundle, "rootfs", "init")); err != nil || st.Mode()&0o111 == 0 {
 		t.Errorf("bundle init: %v %v", st, err)
 	}
