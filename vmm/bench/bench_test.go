@@ -137,26 +137,7 @@ func TestReportOutputs(t *testing.T) {
 	if err := rep.SVG(&sb); err != nil {
 		t.Fatal(err)
 	}
-	d := xml.NewDecoder(&sb)
-	rects, texts := 0, []string{}
-	for {
-		tok, err := d.Token()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatalf("SVG is not well-formed XML: %v", err)
-		}
-		switch v := tok.(type) {
-		case xml.StartElement:
-			if v.Name.Local == "rect" {
-				rects++
-			}
-		case xml.CharData:
-			texts = append(texts, string(v))
-		}
-	}
-	all := strings.Join(texts, "|")
+	all, rects := svgText(t, &sb)
 	// Background, three legend boxes, two phase names, two phases per
 	// available contender but ember, which has its own two and the rest
 	// of its time.
@@ -230,21 +211,33 @@ func TestDensityTable(t *testing.T) {
 	if err := rep.SVG(&b); err != nil {
 		t.Fatal(err)
 	}
-	d := xml.NewDecoder(&b)
-	var text strings.Builder
+	if text, _ := svgText(t, &b); !strings.Contains(text, "30.5 MiB each, all 8 up in 9000 ms") {
+		t.Errorf("density SVG text: %s", text)
+	}
+}
+
+// svgText parses an SVG as XML (failing the test if it is not well-formed)
+// and returns its texts joined by "|" and its number of rects.
+func svgText(t *testing.T, r io.Reader) (string, int) {
+	t.Helper()
+	d := xml.NewDecoder(r)
+	var texts []string
+	rects := 0
 	for {
 		tok, err := d.Token()
 		if err == io.EOF {
-			break
+			return strings.Join(texts, "|"), rects
 		}
 		if err != nil {
-			t.Fatalf("density SVG: %v", err)
+			t.Fatalf("SVG is not well-formed XML: %v", err)
 		}
-		if c, ok := tok.(xml.CharData); ok {
-			text.Write(c)
+		switch v := tok.(type) {
+		case xml.StartElement:
+			if v.Name.Local == "rect" {
+				rects++
+			}
+		case xml.CharData:
+			texts = append(texts, string(v))
 		}
-	}
-	if !strings.Contains(text.String(), "30.5 MiB each, all 8 up in 9000 ms") {
-		t.Errorf("density SVG text: %s", text.String())
 	}
 }
