@@ -46,7 +46,17 @@ command = ["sh", "-c", "echo waiting; sleep 600"]
 		t.Fatal(err)
 	}
 	junit := filepath.Join(dir, "report.xml")
-	r := ember(t, nestedLimit, "test", matrix, "--accel", "nested", "--junit", junit, "--cache-dir", env.cacheDir)
+	run := func() result {
+		return ember(t, nestedLimit, "test", matrix, "--accel", "nested", "--junit", junit, "--cache-dir", env.cacheDir)
+	}
+	r := run()
+	// The one expected panic is sysrq's: a triple fault is the nested
+	// emulation's intermittent crash (README, known issues), retried once
+	// as the other VM tests retry it.
+	if b, _ := os.ReadFile(junit); strings.Contains(string(b), "triple-faulted") {
+		t.Logf("RETRY: a target's guest triple-faulted; running the matrix once more\n%s", r.stdout)
+		r = run()
+	}
 	wantCode(t, r, 1)
 	for _, want := range []string{"4 passed", "1 panicked", "1 timed-out"} {
 		if !strings.Contains(r.stdout, want) {
