@@ -139,6 +139,10 @@ type contender struct {
 	// setup runs once before the warm-up (docker import).
 	setup func(ctx context.Context) error
 	ember bool
+	// idle, for a container runtime, is how a density run starts instance
+	// id of the idle program and stops it; nil runs args and stops the
+	// process with SIGTERM.
+	idle func(id string) (args []string, stop func())
 }
 
 // Contenders lists what Run would start here, in order.
@@ -191,6 +195,12 @@ func contenders(o Options) []*contender {
 				c.unavailable = rt + " needs root for this bundle"
 			default:
 				c.args = []string{p, "run", "--bundle", o.Neutral.Bundle, "ember-bench-" + o.Neutral.Key}
+				c.idle = func(id string) ([]string, func()) {
+					return []string{p, "run", "--bundle", o.Neutral.IdleBundle, id}, func() {
+						_ = exec.Command(p, "kill", id, "KILL").Run()
+						_ = exec.Command(p, "delete", "--force", id).Run()
+					}
+				}
 			}
 			cs = append(cs, c)
 		}
@@ -203,6 +213,10 @@ func contenders(o Options) []*contender {
 			c.unavailable = "docker not found"
 		} else {
 			c.args = []string{p, "run", "--rm", "--network", "none", image, "/init"}
+			c.idle = func(id string) ([]string, func()) {
+				return []string{p, "run", "--rm", "--name", id, "--network", "none", image, "/idle"},
+					func() { _ = exec.Command(p, "rm", "--force", id).Run() }
+			}
 			c.setup = func(ctx context.Context) error {
 				vctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 				defer cancel()

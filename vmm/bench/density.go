@@ -158,28 +158,17 @@ func densityOnce(ctx context.Context, o Options, c *contender, r *DensityResult)
 // startIdle starts instance i of c running the idle program.
 func startIdle(c *contender, o Options, i int) (*instance, error) {
 	args := c.args
-	id := fmt.Sprintf("ember-density-%s-%d", o.Neutral.Key, i)
-	var stop func(cmd *exec.Cmd)
-	switch c.name {
-	case "crun", "runc":
-		rt := args[0]
-		args = []string{rt, "run", "--bundle", o.Neutral.IdleBundle, id}
-		stop = func(*exec.Cmd) {
-			_ = exec.Command(rt, "kill", id, "KILL").Run()
-			_ = exec.Command(rt, "delete", "--force", id).Run()
-		}
-	case "docker":
-		image := args[len(args)-2]
-		args = []string{args[0], "run", "--rm", "--name", id, "--network", "none", image, "/idle"}
-		stop = func(*exec.Cmd) { _ = exec.Command(args[0], "rm", "--force", id).Run() }
-	default:
-		stop = func(cmd *exec.Cmd) { _ = cmd.Process.Signal(syscall.SIGTERM) }
+	var stop func()
+	if c.idle != nil {
+		args, stop = c.idle(fmt.Sprintf("ember-density-%s-%d", o.Neutral.Key, i))
 	}
 	cmd := exec.Command(args[0], args[1:]...)
+	if stop == nil {
+		stop = func() { _ = cmd.Process.Signal(syscall.SIGTERM) }
+	}
 	outR, outW := io.Pipe()
 	cmd.Stdout, cmd.Stderr = outW, outW
-	in := &instance{cmd: cmd, seen: make(chan struct{}), done: make(chan error, 1)}
-	in.stop = func() { stop(cmd) }
+	in := &instance{cmd: cmd, seen: make(chan struct{}), done: make(chan error, 1), stop: stop}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
