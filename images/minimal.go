@@ -1,7 +1,6 @@
 package images
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	_ "embed"
@@ -216,34 +215,22 @@ func missingOptions(frag, cfg string) []string {
 	return missing
 }
 
+// copyFile copies src to dst the cache's way: synced, then renamed into
+// place.
 func copyFile(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
+	return writeAtomic(dst, func(w io.Writer) error {
+		_, err := io.Copy(w, in)
 		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
+	})
 }
 
 // fileTail is the last n lines of a file.
 func fileTail(path string, n int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		lines = append(lines[max(0, len(lines)-n+1):], sc.Text())
-	}
-	return strings.Join(lines, "\n")
+	b, _ := os.ReadFile(path)
+	return tail(string(b), n)
 }

@@ -54,3 +54,21 @@ func TestMinimalKernelNotBuilt(t *testing.T) {
 		t.Fatalf("MinimalKernel: %s %v", p, err)
 	}
 }
+
+func TestMinimalCopyAndTail(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	if err := os.WriteFile(src, []byte("one\ntwo\nthree\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(dir, "out", "dst")
+	if err := copyFile(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(dst); err != nil || string(b) != "one\ntwo\nthree\n" {
+		t.Fatalf("copy: %q %v", b, err)
+	}
+	if got := fileTail(src, 2); got != "two\nthree" {
+		t.Fatalf("fileTail = %q", got)
+	}
+}
