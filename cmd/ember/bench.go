@@ -50,10 +50,8 @@ between rows of the same place.`,
 			if cacheDir == "" {
 				cacheDir = images.DefaultDir()
 			}
-			switch f.accel {
-			case "auto", "kvm", "nested":
-			default:
-				return fmt.Errorf("--accel %q: expected auto, kvm or nested", f.accel)
+			if err := checkAccelFlag(f.accel); err != nil {
+				return err
 			}
 			if f.runs < 1 {
 				return fmt.Errorf("--runs %d: expected at least 1", f.runs)

@@ -66,6 +66,16 @@ func newVersionCmd() *cobra.Command {
 	}
 }
 
+// checkAccelFlag checks an --accel value of a command that takes no VM
+// config (ember run's goes through the config's own check).
+func checkAccelFlag(v string) error {
+	switch v {
+	case "auto", "kvm", "nested":
+		return nil
+	}
+	return fmt.Errorf("--accel %q: expected auto, kvm or nested", v)
+}
+
 // progress returns where human progress lines go: stderr, unless the
 // output is for machines.
 func progress(quiet bool) io.Writer {

@@ -77,10 +77,8 @@ func runTests(cmd *cobra.Command, g *globals, f *testFlags, path string) error {
 		}
 		m.Parallel = f.parallel
 	}
-	switch f.accel {
-	case "auto", "kvm", "nested":
-	default:
-		return fmt.Errorf("--accel %q: expected auto, kvm or nested", f.accel)
+	if err := checkAccelFlag(f.accel); err != nil {
+		return err
 	}
 	cacheDir := g.cacheDir
 	if cacheDir == "" {
