@@ -13,6 +13,7 @@ all: build
 # maps no C library is smaller.
 build:
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/ember ./cmd/ember
+	CGO_ENABLED=0 $(GO) build -o bin/ember-vmm ./cmd/ember-vmm
 	CGO_ENABLED=0 $(GO) build -o bin/ember-init ./guest/init
 
 # Host packages: apt-get download/dpkg for kernels, QEMU for --accel nested

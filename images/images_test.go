@@ -20,7 +20,6 @@ import (
 	"testing"
 
 	"github.com/ember-vmm/ember/boot/elf64/elf64test"
-	"github.com/ember-vmm/ember/guest/proto"
 	"github.com/pierrec/lz4/v4"
 	"github.com/u-root/u-root/pkg/cpio"
 )
@@ -204,40 +203,6 @@ func TestExtractVmlinux(t *testing.T) {
 				t.Errorf("got %d bytes, want %d", out.Len(), len(tt.want))
 			}
 		})
-	}
-}
-
-func TestRunArchive(t *testing.T) {
-	want := proto.Run{Args: []string{"sh", "-c", "echo hi"}, Env: []string{"A=b"}, Dir: "/tmp",
-		Nested: &proto.Nested{RootTag: "root", IOTag: "io"}}
-	b, err := RunArchive(want)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(b)%4 != 0 {
-		t.Errorf("archive is %d bytes; newc pads to 4", len(b))
-	}
-	rr, _ := cpio.Format("newc")
-	recs, err := cpio.ReadAllRecords(rr.Reader(bytes.NewReader(b)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got proto.Run
-	var names []string
-	for _, r := range recs {
-		names = append(names, r.Name)
-		if "/"+r.Name == proto.RunFile {
-			if err := json.Unmarshal(readAll(t, r), &got); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("round trip: %+v, want %+v (records %q)", got, want, names)
-	}
-	// Parent directories come first so the kernel can create the file.
-	if !slices.Equal(names, []string{"etc", "etc/ember", "etc/ember/run.json"}) {
-		t.Errorf("records %q", names)
 	}
 }
 

@@ -3,7 +3,6 @@ package images
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -377,21 +376,6 @@ func writeCPIO(w io.Writer, recs []cpio.Record) error {
 		return err
 	}
 	return cpio.WriteTrailer(rw)
-}
-
-// RunArchive is a small newc cpio holding proto.RunFile (r as JSON). The
-// VMM appends it to the cached initramfs in memory; the kernel unpacks
-// concatenated archives in order, so each run needs no new image.
-func RunArchive(r proto.Run) ([]byte, error) {
-	b, err := json.Marshal(r)
-	if err != nil {
-		return nil, fmt.Errorf("run file: %w", err)
-	}
-	var buf bytes.Buffer
-	if err := writeCPIO(&buf, []cpio.Record{cpio.StaticFile(strings.TrimPrefix(proto.RunFile, "/"), string(b), 0o644)}); err != nil {
-		return nil, fmt.Errorf("run archive: %w", err)
-	}
-	return buf.Bytes(), nil
 }
 
 // newLogger collects mkuimage's messages for an error report.

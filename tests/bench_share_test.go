@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/ember-vmm/ember/vmm/plan"
 	"io"
 	"os"
 	"os/exec"
@@ -15,7 +16,6 @@ import (
 
 	"github.com/ember-vmm/ember/configs"
 	"github.com/ember-vmm/ember/guest/proto"
-	"github.com/ember-vmm/ember/images"
 	"github.com/ember-vmm/ember/vmm/platform"
 )
 
@@ -44,7 +44,7 @@ func BenchmarkVMShares(b *testing.B) {
 	args := []string{"sharecheck", "-bench", "/mnt/share", strconv.Itoa(files), strconv.Itoa(mib)}
 	// QEMU boots the same image; its run (the command and the 9p mount)
 	// is in an archive appended to it, as ember would send it.
-	run, err := images.RunArchive(proto.Run{Args: args, Shares: []proto.Share{{Tag: "share0", Path: "/mnt/share", NineP: true}}})
+	run, err := plan.RunArchive(proto.Run{Args: args, Shares: []proto.Share{{Tag: "share0", Path: "/mnt/share", NineP: true}}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"github.com/ember-vmm/ember/vmm/plan"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,7 +15,6 @@ import (
 
 	"github.com/ember-vmm/ember/configs"
 	"github.com/ember-vmm/ember/guest/proto"
-	"github.com/ember-vmm/ember/images"
 	"github.com/ember-vmm/ember/vmm/platform"
 )
 
@@ -66,7 +66,7 @@ func BenchmarkVMBootToInit(b *testing.B) {
 	qemu, qerr := exec.LookPath("qemu-system-x86_64")
 
 	// QEMU gets ember's initramfs with the same run file appended.
-	run, err := images.RunArchive(proto.Run{Args: []string{"sh", "-c", "echo " + readyMarker + "; poweroff"}})
+	run, err := plan.RunArchive(proto.Run{Args: []string{"sh", "-c", "echo " + readyMarker + "; poweroff"}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -60,7 +60,9 @@ func run(m *testing.M) int {
 		env.cacheDir = images.DefaultDir()
 	}
 	env.inside = os.Getenv(insideVar) == "1"
-	for _, p := range []string{env.ember, env.initBin} {
+	// ember hands every VM on KVM to ember-vmm beside it; without it the
+	// tests would not run the process users get.
+	for _, p := range []string{env.ember, env.initBin, filepath.Join(root, "bin", "ember-vmm")} {
 		if _, err := os.Stat(p); err != nil {
 			fmt.Fprintf(os.Stderr, "e2e: %s missing: run `make build` first\n", p)
 			return 1

@@ -25,6 +25,9 @@ func TestVMDefaultBoot(t *testing.T) {
 	if rep["accel"] != "kvm" || rep["outcome"] != "exited" {
 		t.Fatalf("report accel=%v outcome=%v, want kvm exited", rep["accel"], rep["outcome"])
 	}
+	if rep["vmm"] != "ember-vmm" {
+		t.Fatalf("report vmm=%v: ember did not hand the VM to ember-vmm", rep["vmm"])
+	}
 	if b, _ := rep["boot_ms"].(float64); b <= 0 {
 		t.Fatalf("boot_ms = %v, want > 0 (the guest init's mark never arrived)", rep["boot_ms"])
 	}

@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ember-vmm/ember/vmm/launch"
+	"github.com/ember-vmm/ember/vmm/plan"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -35,6 +35,6 @@ func main() {
 		os.Exit(ee.code)
 	default:
 		fmt.Fprintln(os.Stderr, "ember:", err)
-		os.Exit(launch.ExitError)
+		os.Exit(plan.ExitError)
 	}
 }

@@ -2,16 +2,14 @@ package main
 
 import (
 	"fmt"
+	"github.com/ember-vmm/ember/vmm/plan"
 	"io"
-	"log"
 	"log/slog"
 	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
-
-	"github.com/ember-vmm/ember/vmm/ratelimit"
 )
 
 type globals struct {
@@ -34,17 +32,11 @@ with nested KVM (--accel nested).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			var lvl slog.Level
-			if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
-				return fmt.Errorf("--log-level %q: expected debug, info, warn or error", g.logLevel)
+			l, err := plan.NewLogger(cmd.ErrOrStderr(), g.logLevel)
+			if err != nil {
+				return err
 			}
-			g.log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: lvl}))
-			// Libraries that print through the standard log package (go-fuse
-			// does, on what a guest sends) go through ember's log at debug
-			// level, rate-limited, never straight onto stderr.
-			log.SetFlags(0)
-			slog.SetDefault(ratelimit.NewLogger(g.log, 20, time.Second))
-			slog.SetLogLoggerLevel(slog.LevelDebug)
+			g.log = l
 			return nil
 		},
 	}

@@ -1,18 +1,15 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
-	"io"
+	"github.com/ember-vmm/ember/vmm/plan"
 	"os"
 	"time"
 
 	"github.com/ember-vmm/ember/configs"
 	"github.com/ember-vmm/ember/images"
-	"github.com/ember-vmm/ember/vmm/hostio"
 	"github.com/ember-vmm/ember/vmm/launch"
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 )
 
 type runFlags struct {
@@ -35,10 +32,6 @@ type runFlags struct {
 	consoleLog                             string
 	panicOnWarn                            bool
 }
-
-// reportWriteLimit bounds the wait for a stalled stdout to take the JSON
-// report: the exit status is what scripts rely on.
-const reportWriteLimit = 5 * time.Second
 
 func newRunCmd(g *globals) *cobra.Command {
 	f := &runFlags{}
@@ -149,69 +142,45 @@ func runVM(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 		Stderr: os.Stderr, Log: g.log, Progress: progress(false), CacheDir: cacheDir, NestedStall: f.nestedStall,
 		ConsoleLog: f.consoleLog, Started: g.started,
 	}
-	return runAndReport(cmd, g, f, o, true, func(o launch.Options) (*launch.Report, error) {
-		return launch.Run(cmd.Context(), o)
-	})
-}
-
-// runAndReport sets up the console (raw terminal, interruptible stdin,
-// stdout with write deadlines), runs, and reports the outcome. announce
-// prints the console notice (the outer ember of a nested run does).
-func runAndReport(cmd *cobra.Command, g *globals, f *runFlags, o launch.Options, announce bool, run func(launch.Options) (*launch.Report, error)) error {
-	stdout := hostio.Output(os.Stdout)
-	if stdout != os.Stdout {
-		defer stdout.Close()
-	}
-	o.Stdout = stdout
-	if !o.Interactive && !isTerminal(os.Stdin) {
-		// The command reads ember's stdin; a terminal stays ember's.
-		in := hostio.NewInput(os.Stdin)
-		defer in.Close()
-		o.CommandStdin = in
-	}
-	if o.Interactive {
-		in := hostio.NewInput(os.Stdin)
-		defer in.Close()
-		o.Stdin = in
-		if isTerminal(os.Stdin) {
-			old, err := term.MakeRaw(int(os.Stdin.Fd()))
-			if err != nil {
-				return fmt.Errorf("terminal raw mode: %w", err)
-			}
-			defer term.Restore(int(os.Stdin.Fd()), old)
-			o.Terminal = os.Stdin
-			if announce {
-				fmt.Fprint(os.Stderr, "ember: console attached; Ctrl-A x quits\r\n")
-			}
-		}
-	}
-	rep, err := run(o)
+	pr, err := launch.Prepare(cmd.Context(), o)
 	if err != nil {
 		return err
 	}
-	out, _ := json.MarshalIndent(rep, "", "  ")
-	if f.resultFile != "" {
-		if err := os.WriteFile(f.resultFile, append(out, '\n'), 0o644); err != nil {
-			return fmt.Errorf("--result-file: %w", err)
+	s := session(g, f, interactive, true)
+	if pr.Accel == launch.AccelKVM {
+		// The VM runs in ember-vmm, which links only the VMM: this
+		// process's config parser, image builder and CLI do not stay
+		// resident beside the guest.
+		vmm, err := plan.VMMBinary()
+		if err == nil {
+			return plan.Handoff(vmm, pr.Plan, s, g.logLevel)
 		}
+		g.log.Info("running the VM in this process", "reason", err)
 	}
-	if f.json {
-		_ = stdout.SetWriteDeadline(time.Now().Add(reportWriteLimit))
-		fmt.Fprintln(stdout, string(out))
+	return serve(s, func(po plan.Options) (*plan.Report, error) {
+		o.Stdin, o.Terminal, o.CommandStdin, o.Stdout, o.Stderr = po.Stdin, po.Terminal, po.CommandStdin, po.Stdout, po.Stderr
+		return pr.Run(cmd.Context(), o)
+	})
+}
+
+func session(g *globals, f *runFlags, interactive, announce bool) plan.Session {
+	return plan.Session{Interactive: interactive, JSON: f.json, ResultFile: f.resultFile, Announce: announce,
+		KVMPath: f.kvmPath, Log: g.log, Started: g.started}
+}
+
+// serve runs a VM for this command line and turns its exit status into
+// ember's.
+func serve(s plan.Session, run func(plan.Options) (*plan.Report, error)) error {
+	status, err := s.Serve(run)
+	if err != nil {
+		return err
 	}
-	if rep.Message != "" {
-		fmt.Fprintln(os.Stderr, "ember:", rep.Message)
-	}
-	g.log.Info("vm ended", "accel", rep.Accel, "outcome", rep.Outcome, "exit_status", rep.ExitStatus,
-		"boot_ms", rep.BootMS, "wall_ms", rep.WallMS)
-	if rep.ExitStatus != 0 {
-		return exitError{rep.ExitStatus}
+	if status != 0 {
+		return exitError{status}
 	}
 	return nil
 }
 
-// newRunPlanCmd is how ember runs itself inside a nested L1 guest: the
-// outer ember resolved and checked the VM and passes it as a plan file.
 func newRunPlanCmd(g *globals) *cobra.Command {
 	f := &runFlags{}
 	cmd := &cobra.Command{
@@ -224,9 +193,12 @@ func newRunPlanCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			o := launch.Options{Interactive: p.Interactive, KVMPath: f.kvmPath, Stderr: os.Stderr, Log: g.log, Started: g.started}
-			return runAndReport(cmd, g, f, o, false, func(o launch.Options) (*launch.Report, error) {
-				return launch.RunPlan(cmd.Context(), p, o)
+			s := session(g, f, p.Interactive, false)
+			if vmm, err := plan.VMMBinary(); err == nil {
+				return plan.Handoff(vmm, p, s, g.logLevel)
+			}
+			return serve(s, func(o plan.Options) (*plan.Report, error) {
+				return plan.Run(cmd.Context(), p, o)
 			})
 		},
 	}
@@ -234,27 +206,19 @@ func newRunPlanCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// maxPlan bounds a plan file (a few hundred bytes in practice).
-const maxPlan = 1 << 20
-
-func readPlan(path string) (*launch.Plan, error) {
+func readPlan(path string) (*plan.Plan, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("plan: %w", err)
 	}
 	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxPlan+1))
-	if err != nil || len(b) > maxPlan {
-		return nil, fmt.Errorf("plan %s: unreadable or larger than %d bytes (%v)", path, maxPlan, err)
+	p, err := plan.ReadPlan(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	var p launch.Plan
-	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, fmt.Errorf("plan %s: %w", path, err)
-	}
-	return &p, nil
+	return p, nil
 }
 
-// applyFlags overrides config values with the flags the user set.
 func applyFlags(cmd *cobra.Command, cfg *configs.VM, f *runFlags) error {
 	fl := cmd.Flags()
 	if fl.Changed("kernel") {

@@ -10,19 +10,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ember-vmm/ember/vmm/plan"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"time"
 
-	"github.com/ember-vmm/ember/boot"
 	"github.com/ember-vmm/ember/configs"
 	"github.com/ember-vmm/ember/devices/virtio/blk"
-	"github.com/ember-vmm/ember/devices/virtio/console"
 	vfs "github.com/ember-vmm/ember/devices/virtio/fs"
 	"github.com/ember-vmm/ember/devices/virtio/ninep"
 	"github.com/ember-vmm/ember/devices/virtio/vsock"
@@ -33,19 +31,6 @@ import (
 	"github.com/ember-vmm/ember/vmm/tap"
 	"golang.org/x/sys/unix"
 )
-
-// Exit statuses of ember itself, chosen like timeout(1) and docker run so
-// scripts can tell them from a guest command's own status.
-const (
-	ExitStuck   = 122 // the nested L1 guest stopped responding and was killed
-	ExitPanic   = 123 // guest kernel panicked or crashed without a status
-	ExitTimeout = 124 // --timeout expired
-	ExitError   = 125 // ember failed: bad input, host error
-	ExitSignal  = 130 // ember was interrupted (SIGINT, SIGTERM, SIGHUP)
-)
-
-// OutcomeStuck is the outcome of a nested run whose L1 stopped responding.
-const OutcomeStuck vmm.Outcome = "l1-stuck"
 
 // Options are the inputs of Run.
 type Options struct {
@@ -91,83 +76,19 @@ type Options struct {
 	Started time.Time
 }
 
-// Report is what a run produced; it is also the --json output.
-type Report struct {
-	Accel       string            `json:"accel"`
-	Outcome     vmm.Outcome       `json:"outcome"`
-	Reason      string            `json:"reason,omitempty"`
-	ExitStatus  int               `json:"exit_status"`
-	GuestStatus *int              `json:"guest_status,omitempty"`
-	BootMS      float64           `json:"boot_ms"`
-	CommandMS   float64           `json:"command_start_ms,omitempty"`
-	WallMS      float64           `json:"wall_ms"`
-	Panic       string            `json:"panic,omitempty"`
-	Message     string            `json:"message,omitempty"`
-	Kernel      string            `json:"kernel"`
-	Initrd      string            `json:"initrd,omitempty"`
-	CPUs        int               `json:"cpus"`
-	MemoryMiB   uint64            `json:"memory_mib"`
-	Exits       map[string]uint64 `json:"exits,omitempty"`
-	// StoppedAt lists the vCPUs' instruction pointers when a guest that
-	// was still running was stopped.
-	StoppedAt []string `json:"stopped_at,omitempty"`
-	// Devices are per-device counters (requests, bytes, errors, guest
-	// faults, interrupts) of the virtio devices.
-	Devices        map[string]map[string]uint64 `json:"devices,omitempty"`
-	Unclaimed      uint64                       `json:"unclaimed_accesses,omitempty"`
-	ConsoleDropped uint64                       `json:"console_dropped_bytes,omitempty"`
-	L1BootMS       float64                      `json:"l1_boot_ms,omitempty"`
-	// Phases are the run's timeline, from the process start to the VM
-	// torn down, with the VM exits taken in each.
-	Phases []Phase `json:"phases,omitempty"`
+// Prepared is a VM resolved and checked, ready to run: its plan and the
+// accelerator that will run it.
+type Prepared struct {
+	Plan  *plan.Plan
+	Accel string
+	cache *images.Cache
 }
 
-// Plan is a fully resolved VM: files instead of "debian:" names, the
-// command chosen. The nested path hands it to the ember inside L1 as data
-// (RunPlan), so both sides run the same machine.
-type Plan struct {
-	Kernel      string    `json:"kernel"`
-	Initrd      string    `json:"initrd,omitempty"`
-	Cmdline     string    `json:"cmdline,omitempty"`
-	CPUs        int       `json:"cpus"`
-	Memory      uint64    `json:"memory"`
-	HugePages   bool      `json:"huge_pages,omitempty"`
-	Run         proto.Run `json:"run"`
-	Interactive bool      `json:"interactive,omitempty"`
-	// Drives are the virtio-blk disks (absolute image paths).
-	Drives []blk.Options `json:"drives,omitempty"`
-	RNG    bool          `json:"rng,omitempty"`
-	// Nets are the virtio-net interfaces, MACs resolved.
-	Nets []vmm.Net `json:"nets,omitempty"`
-	// Vsock is the virtio-vsock device (absolute socket path), if any.
-	Vsock *vsock.Options `json:"vsock,omitempty"`
-	// Shares are the virtio-fs devices (absolute directories); Run.Shares
-	// says where the guest mounts them.
-	Shares []vfs.Options `json:"shares,omitempty"`
-	// Shares9P are the virtio-9p devices.
-	Shares9P []ninep.Options `json:"shares_9p,omitempty"`
-	// Timeout, when set, bounds RunPlan's run (the targets of `ember
-	// test`; a single run is bounded by its caller).
-	Timeout time.Duration `json:"timeout,omitempty"`
-	// ConsoleLog is Options.ConsoleLog, absolute; appended to, not
-	// truncated, with ConsoleAppend (the inner ember of a nested run
-	// shares it with the outer one).
-	ConsoleLog    string `json:"console_log,omitempty"`
-	ConsoleAppend bool   `json:"console_append,omitempty"`
-	// VsockRelay and L1Net are set in the plan of an inner ember: its
-	// vsock device's host side is the relay to the host's socket, and
-	// L1's NICs are set up before the VM starts.
-	VsockRelay *nested.VsockRelay `json:"vsock_relay,omitempty"`
-	L1Net      *nested.L1Network  `json:"l1_net,omitempty"`
-}
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-// Run boots the VM described by o and waits for it to end. The error is
-// for failures before the VM runs (bad files, no accelerator); everything
-// Run refuses, it refuses before KVM is opened or an L1 guest boots. Guest
-// outcomes are in the Report, whose ExitStatus ember should exit with.
-func Run(ctx context.Context, o Options) (*Report, error) {
+// Prepare resolves and checks the VM described by o (kernels fetched,
+// images built, the machine checked against its kernel, the accelerator
+// picked) without running it. Everything ember refuses, it refuses here,
+// before KVM is opened or an L1 guest boots.
+func Prepare(ctx context.Context, o Options) (*Prepared, error) {
 	o = withLog(o)
 	cfg := o.Config
 	cache := &images.Cache{Dir: o.CacheDir, Log: o.Log, Progress: o.Progress}
@@ -175,44 +96,69 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	k, extra, err := p.check()
+	k, _, err := p.Check()
 	if err != nil {
 		return nil, err
 	}
+	k.Close()
 	accel, err := PickAccel(cfg.Machine.Accel, o)
 	if err != nil {
-		k.Close()
 		return nil, err
 	}
-	if t := time.Duration(cfg.Run.Timeout); t > 0 {
+	if accel == AccelKVM {
+		// A plan bounds its own run; the nested path bounds L1 as a whole.
+		p.Timeout = time.Duration(cfg.Run.Timeout)
+	}
+	return &Prepared{Plan: p, Accel: accel, cache: cache}, nil
+}
+
+// Run runs a prepared VM and waits for it to end. Guest outcomes are in
+// the Report, whose ExitStatus ember should exit with.
+func (pr *Prepared) Run(ctx context.Context, o Options) (*plan.Report, error) {
+	o = withLog(o)
+	if pr.Accel != AccelNested {
+		return plan.Run(ctx, pr.Plan, o.PlanOptions())
+	}
+	if t := time.Duration(o.Config.Run.Timeout); t > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, t)
 		defer cancel()
 	}
-	in := o.input(p)
-	if in != nil {
+	var in *plan.ConsoleInput
+	if pr.Plan.Interactive && o.Stdin != nil {
+		in = plan.NewConsoleInput(o.Stdin)
 		defer in.Close()
 		if o.Terminal != nil {
-			stop := watchResize(o.Terminal, in)
+			stop := plan.WatchResize(o.Terminal, in)
 			defer stop()
 		}
 	}
-	if accel == AccelNested {
-		k.Close()
-		return runNested(ctx, cache, o, p, in)
+	return runNested(ctx, pr.cache, o, pr.Plan, in)
+}
+
+// Run prepares the VM described by o and runs it.
+func Run(ctx context.Context, o Options) (*plan.Report, error) {
+	pr, err := Prepare(ctx, o)
+	if err != nil {
+		return nil, err
 	}
-	defer k.Close()
-	return runKVM(ctx, o, p, k, extra, in)
+	return pr.Run(ctx, o)
+}
+
+// PlanOptions are o's host side of a run on KVM.
+func (o Options) PlanOptions() plan.Options {
+	return plan.Options{KVMPath: o.KVMPath, Stdin: o.Stdin, Terminal: o.Terminal, CommandStdin: o.CommandStdin,
+		Stdout: o.Stdout, Stderr: o.Stderr, Log: o.Log, Started: o.Started}
 }
 
 // makePlan resolves cfg (kernels fetched, images built, paths made
-// absolute, the command chosen) into a Plan.
-func makePlan(ctx context.Context, cache *images.Cache, cfg *configs.VM, o Options) (*Plan, error) {
+// absolute, the command chosen) into a plan.Plan.
+func makePlan(ctx context.Context, cache *images.Cache, cfg *configs.VM, o Options) (*plan.Plan, error) {
 	kernel, initrd, err := resolveBoot(ctx, cache, cfg, o)
 	if err != nil {
 		return nil, err
 	}
-	p := &Plan{Kernel: kernel, Initrd: initrd, Cmdline: kernelCmdline(cfg.Boot), CPUs: cfg.Machine.CPUs,
+	p := &plan.Plan{Kernel: kernel, Initrd: initrd, Cmdline: kernelCmdline(cfg.Boot), CPUs: cfg.Machine.CPUs,
 		Memory: uint64(cfg.Machine.Memory), HugePages: cfg.Machine.HugePages, Run: proto.Run{Env: cfg.Run.Env, Stdio: !o.Interactive}, Interactive: o.Interactive}
 	if o.ConsoleLog != "" {
 		if p.ConsoleLog, err = filepath.Abs(o.ConsoleLog); err != nil {
@@ -253,7 +199,7 @@ func makePlan(ctx context.Context, cache *images.Cache, cfg *configs.VM, o Optio
 		p.Run.Args = cfg.Run.Command
 	}
 	if cfg.Boot.Rootfs == "host" {
-		if err := p.hostRoot(cfg); err != nil {
+		if err := hostRoot(p, cfg); err != nil {
 			return nil, err
 		}
 	}
@@ -294,7 +240,7 @@ func drives(cfg *configs.VM) ([]blk.Options, error) {
 // lockDrives opens and locks the plan's images on this host, as the VM
 // will, so a busy image is refused before an L1 guest boots; the locks
 // are held until release is called.
-func lockDrives(p *Plan, log *slog.Logger) (release func(), mounts []proto.NestedMount, err error) {
+func lockDrives(p *plan.Plan, log *slog.Logger) (release func(), mounts []proto.NestedMount, err error) {
 	var held []*blk.Device
 	release = func() {
 		for _, d := range held {
@@ -325,7 +271,7 @@ func lockDrives(p *Plan, log *slog.Logger) (release func(), mounts []proto.Neste
 // and the directories of the program and of the files on its command line
 // shared read-only where the guest's tmpfs would hide them (go test builds
 // its binaries under /tmp).
-func (p *Plan) hostRoot(cfg *configs.VM) error {
+func hostRoot(p *plan.Plan, cfg *configs.VM) error {
 	cwd, err := os.Getwd()
 	if err != nil {
 		return fmt.Errorf("--rootfs host: %w", err)
@@ -378,7 +324,7 @@ func (p *Plan) hostRoot(cfg *configs.VM) error {
 		if !st.IsDir() {
 			dir = filepath.Dir(a)
 		}
-		if p.underTmpfs(dir) && !covered(dir) && len(p.Shares) < configs.MaxShares+2 {
+		if underTmpfs(p, dir) && !covered(dir) && len(p.Shares) < configs.MaxShares+2 {
 			add(fmt.Sprintf("arg%d", len(p.Shares)), dir, true)
 		}
 	}
@@ -390,7 +336,7 @@ func (p *Plan) hostRoot(cfg *configs.VM) error {
 // guestTmpfs are the host directories the guest covers with its own tmpfs.
 var guestTmpfs = []string{"/tmp", "/var/tmp", "/run"}
 
-func (p *Plan) underTmpfs(dir string) bool {
+func underTmpfs(p *plan.Plan, dir string) bool {
 	for _, t := range append(slices.Clone(guestTmpfs), p.Run.Tmpfs...) {
 		if dir == t || strings.HasPrefix(dir, t+"/") {
 			return true
@@ -420,8 +366,8 @@ func hostEnv(env []string) []string {
 // mounted read-write at its path; a read-only one is seen through L1's
 // read-only view of the host (or a read-only mount where L1's own tmpfs
 // would hide it).
-func shareMounts(mounts []proto.NestedMount, files []string, p *Plan) ([]proto.NestedMount, []string) {
-	for _, sh := range p.shareDirs() {
+func shareMounts(mounts []proto.NestedMount, files []string, p *plan.Plan) ([]proto.NestedMount, []string) {
+	for _, sh := range shareDirs(p) {
 		if sh.ReadOnly {
 			files = append(files, sh.Dir)
 			continue
@@ -435,7 +381,7 @@ func shareMounts(mounts []proto.NestedMount, files []string, p *Plan) ([]proto.N
 
 // shareDirs are the host directories of every share, whatever its
 // transport.
-func (p *Plan) shareDirs() []vfs.Options {
+func shareDirs(p *plan.Plan) []vfs.Options {
 	dirs := slices.Clone(p.Shares)
 	for _, sh := range p.Shares9P {
 		dirs = append(dirs, vfs.Options{Dir: sh.Dir, ReadOnly: sh.ReadOnly})
@@ -462,70 +408,6 @@ func nets(cfg *configs.VM) ([]vmm.Net, error) {
 		out = append(out, v)
 	}
 	return out, nil
-}
-
-// input is the console input of an interactive plan, or nil.
-func (o Options) input(p *Plan) *consoleInput {
-	if !p.Interactive || o.Stdin == nil {
-		return nil
-	}
-	return newConsoleInput(o.Stdin)
-}
-
-// RunPlan runs a resolved plan on KVM: the ember inside a nested L1 guest.
-func RunPlan(ctx context.Context, p *Plan, o Options) (*Report, error) {
-	o = withLog(o)
-	k, extra, err := p.check()
-	if err != nil {
-		return nil, err
-	}
-	defer k.Close()
-	if p.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, p.Timeout)
-		defer cancel()
-	}
-	if p.L1Net != nil {
-		if err := p.L1Net.Setup(); err != nil {
-			return nil, err
-		}
-	}
-	if r := p.VsockRelay; r != nil && p.Vsock != nil {
-		ln, dial, err := r.Vsock()
-		if err != nil {
-			return nil, err
-		}
-		defer ln.Close()
-		p.Vsock.Listener, p.Vsock.Dial = ln, dial
-	}
-	in := o.input(p)
-	if in != nil {
-		defer in.Close()
-	}
-	return runKVM(ctx, o, p, k, extra, in)
-}
-
-// check opens the kernel once and checks the whole machine without KVM:
-// the kernel's headers, that kernel, initrd and command line fit in RAM.
-func (p *Plan) check() (*boot.Kernel, []byte, error) {
-	extra, err := images.RunArchive(p.Run)
-	if err != nil {
-		return nil, nil, err
-	}
-	k, err := boot.OpenKernel(p.Kernel)
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := vmm.Check(p.vmmConfig(k, extra)); err != nil {
-		k.Close()
-		return nil, nil, err
-	}
-	return k, extra, nil
-}
-
-func (p *Plan) vmmConfig(k *boot.Kernel, extra []byte) vmm.Config {
-	return vmm.Config{Kernel: k, Initrd: p.Initrd, Extra: extra, Cmdline: p.Cmdline, CPUs: p.CPUs, Memory: p.Memory, HugePages: p.HugePages,
-		Drives: p.Drives, RNG: p.RNG, Vsock: p.Vsock, Nets: p.Nets, Shares: p.Shares, Shares9P: p.Shares9P}
 }
 
 // PickAccel resolves an --accel value (auto, kvm, nested) to the
@@ -628,117 +510,13 @@ func InitBinary(path string) (string, error) {
 	return p, nil
 }
 
-func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byte, in *consoleInput) (*Report, error) {
-	var input io.Reader
-	var quit atomic.Bool
-	if in != nil {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithCancel(ctx)
-		defer cancel()
-		input = NewEscapeReader(in, func() { quit.Store(true); cancel() })
-	}
-	cfg := p.vmmConfig(k, extra)
-	cfg.Console, cfg.Input, cfg.KVMPath, cfg.Log = o.Stdout, input, o.KVMPath, o.Log
-	if p.Run.Stdio {
-		cfg.Stdio = &console.Options{Stdin: o.CommandStdin, Stdout: o.Stdout, Stderr: o.Stderr}
-		cl, closeLog, err := consoleLog(p.ConsoleLog, p.ConsoleAppend, o.Stderr)
-		if err != nil {
-			return nil, err
-		}
-		defer closeLog()
-		cfg.Console, cfg.ConsoleFallback = cl, o.Stdout
-	}
-	m, err := vmm.New(cfg)
-	if err != nil {
-		return nil, err
-	}
-	defer m.Close()
-	res, err := m.Run(ctx)
-	if res == nil {
-		return nil, err
-	}
-	rep := &Report{
-		Accel: AccelKVM, Outcome: res.Outcome, Reason: res.Reason, BootMS: ms(res.BootTime), CommandMS: ms(res.CommandStart),
-		WallMS: ms(res.Wall), Panic: res.Panic, Kernel: p.Kernel, Initrd: p.Initrd,
-		CPUs: p.CPUs, MemoryMiB: p.Memory >> 20, Exits: res.Exits,
-		Unclaimed: res.Unclaimed, ConsoleDropped: res.ConsoleDropped, Devices: res.Devices,
-	}
-	for _, ip := range res.StoppedAt {
-		rep.StoppedAt = append(rep.StoppedAt, fmt.Sprintf("%#x", ip))
-	}
-	// Tearing down is the last phase.
-	_ = m.Close()
-	var exits uint64
-	for _, n := range res.Exits {
-		exits += n
-	}
-	rep.Phases = phases(o.Started, res.Marks, time.Now(), exits)
-	finish(rep, res, len(p.Run.Args) > 0)
-	if res.Outcome == vmm.OutcomeCanceled && quit.Load() {
-		// Ctrl-A x: the user ended the session, as with QEMU.
-		rep.ExitStatus, rep.Message = 0, ""
-	}
-	return rep, nil
-}
-
-// finish sets the exit status and a message for the outcome; command
-// says a command was to run (not an interactive shell).
-func finish(rep *Report, res *vmm.Result, command bool) {
-	switch res.Outcome {
-	case vmm.OutcomeExited:
-		s := res.Status
-		rep.GuestStatus = &s
-		rep.ExitStatus = s
-	case vmm.OutcomeInitFailed:
-		rep.ExitStatus = proto.StatusInitFailed
-		rep.Message = "the guest init could not run the command"
-	case vmm.OutcomePowerOff, vmm.OutcomeReset:
-		// ember's poweroff and reboot report status 0 first: a command
-		// whose guest ended without a status did not finish, and a script
-		// must not read that as success.
-		if command {
-			rep.ExitStatus = ExitPanic
-			rep.Message = fmt.Sprintf("the guest ended (%s: %s) before the command reported an exit status", res.Outcome, res.Reason)
-		}
-	case vmm.OutcomeCanceled:
-		rep.ExitStatus = ExitSignal
-		rep.Message = "canceled"
-	case vmm.OutcomeCrash:
-		rep.ExitStatus = ExitPanic
-		rep.Message = "guest crashed: " + res.Reason
-	case vmm.OutcomePanic:
-		rep.ExitStatus = ExitPanic
-		if res.Panic != "" {
-			rep.Message = "guest kernel panic: " + res.Panic
-		} else {
-			rep.Message = res.Reason
-		}
-	case vmm.OutcomeTimeout:
-		rep.ExitStatus = ExitTimeout
-		rep.Message = "timeout: the guest was still running and was stopped"
-	default:
-		rep.ExitStatus = ExitError
-		if res.Err != nil {
-			rep.Message = res.Err.Error()
-		}
-	}
-	if res.ConsoleDropped > 0 {
-		note := fmt.Sprintf("%d bytes of guest console output were dropped: the reader of ember's output did not keep up", res.ConsoleDropped)
-		if rep.Message != "" {
-			rep.Message += "; " + note
-		} else {
-			rep.Message = note
-		}
-	}
-}
-
 // planFile is the name of the plan in the nested IO share.
 const planFile = "plan.json"
 
 // runNested runs ember itself inside an L1 guest under QEMU/TCG, where
 // kvm-amd gives a real /dev/kvm, hands it the plan, and reports what it
 // reported.
-func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in *consoleInput) (*Report, error) {
+func runNested(ctx context.Context, cache *images.Cache, o Options, p *plan.Plan, in *plan.ConsoleInput) (*plan.Report, error) {
 	l1, err := prepareL1(ctx, cache, o)
 	if err != nil {
 		return nil, err
@@ -753,7 +531,7 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in 
 		return nil, err
 	}
 	defer closeNet()
-	plan, err := json.Marshal(inner)
+	planJSON, err := json.Marshal(inner)
 	if err != nil {
 		return nil, err
 	}
@@ -763,7 +541,7 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in 
 	}
 	dir, _ := os.Getwd()
 	start := time.Now()
-	base := &Report{Accel: AccelNested, Kernel: p.Kernel, Initrd: p.Initrd, CPUs: p.CPUs, MemoryMiB: p.Memory >> 20}
+	base := &plan.Report{Accel: AccelNested, Kernel: p.Kernel, Initrd: p.Initrd, CPUs: p.CPUs, MemoryMiB: p.Memory >> 20}
 	var stdin io.Reader
 	if in != nil {
 		stdin = in
@@ -772,7 +550,7 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in 
 	l1Console := o.Stdout
 	if p.Run.Stdio {
 		stdio = &nested.Stdio{Stdin: o.CommandStdin, Stdout: o.Stdout, Stderr: o.Stderr}
-		cl, closeLog, err := consoleLog(p.ConsoleLog, false, o.Stderr)
+		cl, closeLog, err := plan.ConsoleLog(p.ConsoleLog, false, o.Stderr)
 		if err != nil {
 			return nil, err
 		}
@@ -782,7 +560,7 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in 
 			// The inner ember appends the inner VM's console.
 			inner.ConsoleAppend = true
 			mounts = append(mounts, proto.NestedMount{Path: filepath.Dir(p.ConsoleLog)})
-			if plan, err = json.Marshal(inner); err != nil {
+			if planJSON, err = json.Marshal(inner); err != nil {
 				return nil, err
 			}
 		}
@@ -797,27 +575,27 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in 
 		CPUs: L1CPUs, MemoryMiB: L1MemoryMiB(p.Memory),
 		Stdin: stdin, Stdout: l1Console, Stderr: o.Stderr, Log: o.Log, Stdio: stdio,
 		Files:   files,
-		IOFiles: map[string][]byte{planFile: plan}, Stall: o.NestedStall,
+		IOFiles: map[string][]byte{planFile: planJSON}, Stall: o.NestedStall,
 		Relay: no.Relay, RelayMAC: no.RelayMAC, Taps: no.Taps,
 	})
-	base.WallMS = ms(time.Since(start))
+	base.WallMS = plan.Millis(time.Since(start))
 	switch {
 	case err == nil:
 	case errors.Is(err, nested.ErrL1Stuck):
-		base.Outcome, base.ExitStatus, base.Message = OutcomeStuck, ExitStuck, err.Error()
+		base.Outcome, base.ExitStatus, base.Message = plan.OutcomeStuck, plan.ExitStuck, err.Error()
 		return base, nil
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		base.Outcome = vmm.OutcomeTimeout
-		finish(base, &vmm.Result{Outcome: base.Outcome}, true)
+		plan.Finish(base, &vmm.Result{Outcome: base.Outcome}, true)
 		return base, nil
 	case ctx.Err() != nil:
 		base.Outcome = vmm.OutcomeCanceled
-		finish(base, &vmm.Result{Outcome: base.Outcome}, true)
+		plan.Finish(base, &vmm.Result{Outcome: base.Outcome}, true)
 		return base, nil
 	default:
 		return nil, err
 	}
-	rep := &Report{}
+	rep := &plan.Report{}
 	if len(res.ResultJSON) > 0 {
 		if err := json.Unmarshal(res.ResultJSON, rep); err != nil {
 			return nil, fmt.Errorf("nested: inner result: %w", err)
@@ -828,8 +606,8 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in 
 		rep.Message = "ember inside the L1 guest ended without a result"
 	}
 	rep.Accel = AccelNested
-	rep.L1BootMS = ms(res.L1Boot)
-	rep.WallMS = ms(time.Since(start))
+	rep.L1BootMS = plan.Millis(res.L1Boot)
+	rep.WallMS = plan.Millis(time.Since(start))
 	return rep, nil
 }
 
@@ -838,7 +616,7 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, p *Plan, in 
 // L1, and the taps (created or attached here, as without nesting), which
 // L1 gets as NICs and bridges to the inner VM's taps. It returns the
 // inner ember's plan and the L1 options; closeNet undoes it all.
-func nestedNetwork(p *Plan, log *slog.Logger) (inner *Plan, no nested.Options, closeNet func(), err error) {
+func nestedNetwork(p *plan.Plan, log *slog.Logger) (inner *plan.Plan, no nested.Options, closeNet func(), err error) {
 	var closers []func() error
 	closeNet = func() {
 		for _, c := range slices.Backward(closers) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ember-vmm/ember/vmm/plan"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -69,10 +70,10 @@ func (r *MatrixReport) Passed() bool {
 // TestPlans is the inner ember's input on the nested path: the resolved
 // targets of a matrix.
 type TestPlans struct {
-	Parallel int      `json:"parallel"`
-	Names    []string `json:"names"`
-	Kernels  []string `json:"kernels"`
-	Plans    []*Plan  `json:"plans"`
+	Parallel int          `json:"parallel"`
+	Names    []string     `json:"names"`
+	Kernels  []string     `json:"kernels"`
+	Plans    []*plan.Plan `json:"plans"`
 }
 
 // RunMatrix runs every target of m, up to m.Parallel at once, on one
@@ -96,7 +97,7 @@ func RunMatrix(ctx context.Context, m *configs.Matrix, accel string, o Options, 
 			return nil, fmt.Errorf("target %q: %w", t.Name, err)
 		}
 		p.Timeout = time.Duration(vm.Run.Timeout)
-		k, _, err := p.check()
+		k, _, err := p.Check()
 		if err != nil {
 			return nil, fmt.Errorf("target %q: %w", t.Name, err)
 		}
@@ -143,7 +144,7 @@ func RunPlans(ctx context.Context, mp *TestPlans, o Options, done func(TargetRes
 			case sem <- struct{}{}:
 			case <-ctx.Done():
 				out[i] = TargetResult{Name: mp.Names[i], Kernel: mp.Kernels[i], CPUs: p.CPUs, Result: ResultError,
-					Status: ExitSignal, Message: "canceled before it started"}
+					Status: plan.ExitSignal, Message: "canceled before it started"}
 				return
 			}
 			defer func() { <-sem }()
@@ -151,7 +152,7 @@ func RunPlans(ctx context.Context, mp *TestPlans, o Options, done func(TargetRes
 			to := o
 			to.Stdout, to.Stderr, to.CommandStdin, to.Terminal, to.Stdin = log, log, nil, nil, nil
 			start := time.Now()
-			rep, err := RunPlan(ctx, p, to)
+			rep, err := plan.Run(ctx, p, to.PlanOptions())
 			r := classify(rep, err)
 			r.Name, r.Kernel, r.CPUs = mp.Names[i], mp.Kernels[i], p.CPUs
 			r.Seconds = time.Since(start).Seconds()
@@ -169,9 +170,9 @@ func RunPlans(ctx context.Context, mp *TestPlans, o Options, done func(TargetRes
 }
 
 // classify turns a run's report into a target result.
-func classify(rep *Report, err error) TargetResult {
+func classify(rep *plan.Report, err error) TargetResult {
 	if err != nil {
-		return TargetResult{Result: ResultError, Status: ExitError, Message: err.Error()}
+		return TargetResult{Result: ResultError, Status: plan.ExitError, Message: err.Error()}
 	}
 	r := TargetResult{Status: rep.ExitStatus, Message: rep.Message}
 	booted := rep.BootMS > 0
@@ -192,7 +193,7 @@ func classify(rep *Report, err error) TargetResult {
 			r.Result, r.Message = ResultBootFailed, "the guest did not reach its init before the timeout"
 		}
 	case vmm.OutcomePowerOff, vmm.OutcomeReset:
-		r.Result, r.Status = ResultFailed, ExitError
+		r.Result, r.Status = ResultFailed, plan.ExitError
 		r.Message = fmt.Sprintf("the guest ended (%s) without the command's status", rep.Outcome)
 		if !booted {
 			r.Result = ResultBootFailed
@@ -240,7 +241,7 @@ func runMatrixNested(ctx context.Context, cache *images.Cache, o Options, mp *Te
 	if err != nil {
 		return err
 	}
-	rep.L1BootMS = ms(res.L1Boot)
+	rep.L1BootMS = plan.Millis(res.L1Boot)
 	if len(res.ResultJSON) == 0 {
 		return fmt.Errorf("nested: the ember inside L1 ended (status %d) without results", res.ExitStatus)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/xml"
 	"errors"
+	"github.com/ember-vmm/ember/vmm/plan"
 	"strings"
 	"testing"
 	"time"
@@ -13,19 +14,19 @@ import (
 
 func TestClassify(t *testing.T) {
 	for _, c := range []struct {
-		rep  *Report
+		rep  *plan.Report
 		err  error
 		want string
 	}{
-		{&Report{Outcome: vmm.OutcomeExited, BootMS: 1}, nil, ResultPassed},
-		{&Report{Outcome: vmm.OutcomeExited, ExitStatus: 3, BootMS: 1}, nil, ResultFailed},
-		{&Report{Outcome: vmm.OutcomeInitFailed, ExitStatus: 127, BootMS: 1}, nil, ResultFailed},
-		{&Report{Outcome: vmm.OutcomePanic, ExitStatus: 123}, nil, ResultPanicked},
-		{&Report{Outcome: vmm.OutcomeCrash, ExitStatus: 123, BootMS: 1}, nil, ResultPanicked},
-		{&Report{Outcome: vmm.OutcomeTimeout, ExitStatus: 124, BootMS: 1}, nil, ResultTimedOut},
-		{&Report{Outcome: vmm.OutcomeTimeout, ExitStatus: 124}, nil, ResultBootFailed},
-		{&Report{Outcome: vmm.OutcomeReset}, nil, ResultBootFailed},
-		{&Report{Outcome: vmm.OutcomePowerOff, BootMS: 1}, nil, ResultFailed},
+		{&plan.Report{Outcome: vmm.OutcomeExited, BootMS: 1}, nil, ResultPassed},
+		{&plan.Report{Outcome: vmm.OutcomeExited, ExitStatus: 3, BootMS: 1}, nil, ResultFailed},
+		{&plan.Report{Outcome: vmm.OutcomeInitFailed, ExitStatus: 127, BootMS: 1}, nil, ResultFailed},
+		{&plan.Report{Outcome: vmm.OutcomePanic, ExitStatus: 123}, nil, ResultPanicked},
+		{&plan.Report{Outcome: vmm.OutcomeCrash, ExitStatus: 123, BootMS: 1}, nil, ResultPanicked},
+		{&plan.Report{Outcome: vmm.OutcomeTimeout, ExitStatus: 124, BootMS: 1}, nil, ResultTimedOut},
+		{&plan.Report{Outcome: vmm.OutcomeTimeout, ExitStatus: 124}, nil, ResultBootFailed},
+		{&plan.Report{Outcome: vmm.OutcomeReset}, nil, ResultBootFailed},
+		{&plan.Report{Outcome: vmm.OutcomePowerOff, BootMS: 1}, nil, ResultFailed},
 		{nil, errors.New("no kernel"), ResultError},
 	} {
 		if got := classify(c.rep, c.err); got.Result != c.want {

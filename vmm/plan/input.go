@@ -1,16 +1,16 @@
-package launch
+package plan
 
 import (
 	"io"
 	"sync"
 )
 
-// consoleInput is the guest console's input: what the user types, with
+// ConsoleInput is the guest console's input: what the user types, with
 // messages for the guest init (the terminal's size, on every resize)
 // slipped in between reads. One goroutine reads the source; Close stops
 // it (the source must return from Read once closed, as hostio.Input does)
 // and waits for it.
-type consoleInput struct {
+type ConsoleInput struct {
 	src   io.ReadCloser
 	data  chan []byte
 	extra chan []byte
@@ -21,8 +21,8 @@ type consoleInput struct {
 	free  chan []byte
 }
 
-func newConsoleInput(src io.ReadCloser) *consoleInput {
-	c := &consoleInput{src: src, data: make(chan []byte), extra: make(chan []byte, 4),
+func NewConsoleInput(src io.ReadCloser) *ConsoleInput {
+	c := &ConsoleInput{src: src, data: make(chan []byte), extra: make(chan []byte, 4),
 		done: make(chan struct{}), quit: make(chan struct{}), free: make(chan []byte, 2)}
 	c.free <- make([]byte, 512)
 	c.free <- make([]byte, 512)
@@ -30,7 +30,7 @@ func newConsoleInput(src io.ReadCloser) *consoleInput {
 	return c
 }
 
-func (c *consoleInput) pump() {
+func (c *ConsoleInput) pump() {
 	defer close(c.done)
 	for {
 		var buf []byte
@@ -59,7 +59,7 @@ func (c *consoleInput) pump() {
 // Send queues a message for the guest, delivered between reads of the
 // user's input. It never blocks: with four messages already waiting it
 // drops the oldest (only the latest terminal size matters).
-func (c *consoleInput) Send(msg []byte) {
+func (c *ConsoleInput) Send(msg []byte) {
 	for {
 		select {
 		case c.extra <- msg:
@@ -74,7 +74,7 @@ func (c *consoleInput) Send(msg []byte) {
 }
 
 // Read returns user input or a queued message.
-func (c *consoleInput) Read(p []byte) (int, error) {
+func (c *ConsoleInput) Read(p []byte) (int, error) {
 	if len(c.rest) > 0 {
 		n := copy(p, c.rest)
 		c.rest = c.rest[n:]
@@ -101,7 +101,7 @@ func (c *consoleInput) Read(p []byte) (int, error) {
 }
 
 // Close stops reading the source and waits for the reader goroutine.
-func (c *consoleInput) Close() error {
+func (c *ConsoleInput) Close() error {
 	var err error
 	c.once.Do(func() {
 		close(c.quit)

@@ -1,4 +1,4 @@
-package launch
+package plan
 
 import (
 	"os"
@@ -9,9 +9,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// watchResize tells the guest the terminal's new size after every
+// WatchResize tells the guest the terminal's new size after every
 // SIGWINCH, in band on the console input; stop ends it.
-func watchResize(term *os.File, in *consoleInput) (stop func()) {
+func WatchResize(term *os.File, in *ConsoleInput) (stop func()) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGWINCH)
 	done := make(chan struct{})

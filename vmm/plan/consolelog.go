@@ -1,4 +1,4 @@
-package launch
+package plan
 
 import (
 	"bytes"
@@ -12,10 +12,10 @@ import (
 // messages) on ember's stderr, apart from the command's own stderr.
 const consolePrefix = "console: "
 
-// consoleLog is where the serial console of a VM running a command goes:
+// ConsoleLog is where the serial console of a VM running a command goes:
 // the file path (created, and truncated unless appending), or w with
 // each line prefixed.
-func consoleLog(path string, appending bool, w io.Writer) (io.Writer, func(), error) {
+func ConsoleLog(path string, appending bool, w io.Writer) (io.Writer, func(), error) {
 	if path == "" {
 		return &prefixWriter{w: w, prefix: []byte(consolePrefix), start: true}, func() {}, nil
 	}

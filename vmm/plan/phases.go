@@ -1,4 +1,4 @@
-package launch
+package plan
 
 import (
 	"time"
@@ -58,7 +58,7 @@ func phases(started time.Time, marks []vmm.Mark, down time.Time, exits uint64) [
 			name = "guest"
 		}
 		out = append(out, Phase{
-			Name: name, StartMS: ms(pts[i].At.Sub(base)), MS: ms(pts[i+1].At.Sub(pts[i].At)),
+			Name: name, StartMS: Millis(pts[i].At.Sub(base)), MS: Millis(pts[i+1].At.Sub(pts[i].At)),
 			Exits: pts[i+1].Exits - min(pts[i].Exits, pts[i+1].Exits),
 		})
 	}

@@ -1,10 +1,9 @@
-package launch
+package plan
 
 import (
 	"strings"
 	"testing"
 
-	"github.com/ember-vmm/ember/configs"
 	"github.com/ember-vmm/ember/vmm"
 )
 
@@ -23,34 +22,12 @@ func TestFinishUnreportedEnd(t *testing.T) {
 		{vmm.OutcomeExited, true, 0},
 	} {
 		rep := &Report{}
-		finish(rep, &vmm.Result{Outcome: c.outcome, Reason: "i8042 reset"}, c.command)
+		Finish(rep, &vmm.Result{Outcome: c.outcome, Reason: "i8042 reset"}, c.command)
 		if rep.ExitStatus != c.want {
 			t.Errorf("%s (command %v): exit %d, want %d", c.outcome, c.command, rep.ExitStatus, c.want)
 		}
 		if c.want == ExitPanic && !strings.Contains(rep.Message, "before the command reported") {
 			t.Errorf("%s: message %q", c.outcome, rep.Message)
-		}
-	}
-}
-
-func TestOwnInitRunsNoDefaultCommand(t *testing.T) {
-	for _, c := range []struct {
-		initrd  string
-		command []string
-		want    bool
-	}{
-		{"default", nil, false},
-		{"/tmp/my.cpio", nil, true},
-		{"none", nil, true},
-		{"/tmp/my.cpio", []string{"/bin/mytest"}, false},
-	} {
-		cfg := configs.Default()
-		cfg.Boot.Initrd = c.initrd
-		if c.command != nil {
-			cfg.Run.Command = c.command
-		}
-		if got := ownInit(cfg); got != c.want {
-			t.Errorf("initrd %q command %v: ownInit %v, want %v", c.initrd, c.command, got, c.want)
 		}
 	}
 }

@@ -1,0 +1,66 @@
+package plan
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// planFD is a memfd holding b, as Handoff leaves it.
+func planFD(t *testing.T, b []byte) int {
+	t.Helper()
+	fd, err := unix.MemfdCreate("plan-test", 0)
+	if err != nil {
+		t.Skipf("memfd: %v", err)
+	}
+	f := os.NewFile(uintptr(fd), "plan")
+	t.Cleanup(func() { f.Close() })
+	if _, err := f.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
+// ember-vmm reads the plan from the descriptor (from its start, as the
+// writer left its offset at the end) and checks it before any VM exists:
+// a plan naming a missing kernel fails with ember's status and the path.
+func TestMainReadsPlanFromDescriptor(t *testing.T) {
+	b, _ := json.Marshal(&Plan{Kernel: "/nonexistent/bzImage", CPUs: 1, Memory: 64 << 20})
+	fd := planFD(t, b)
+	var stderr bytes.Buffer
+	if got := Main([]string{"--plan-fd", strconv.Itoa(fd), "--kvm-device", "/nonexistent/kvm"}, &stderr); got != ExitError {
+		t.Fatalf("status %d, want %d; stderr %q", got, ExitError, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "/nonexistent/bzImage") {
+		t.Fatalf("stderr %q does not name the kernel", stderr.String())
+	}
+}
+
+func TestMainRefusesBadInput(t *testing.T) {
+	for name, c := range map[string]struct {
+		args []string
+		want string
+	}{
+		"no plan":   {nil, "no plan"},
+		"bad json":  {[]string{"--plan-fd", strconv.Itoa(planFD(t, []byte("{not json")))}, "plan:"},
+		"huge plan": {[]string{"--plan-fd", strconv.Itoa(planFD(t, bytes.Repeat([]byte(" "), maxPlan+1)))}, "larger than"},
+		"bad level": {[]string{"--log-level", "loud"}, "--log-level"},
+		"no file":   {[]string{"--plan", "/nonexistent/plan.json"}, "/nonexistent/plan.json"},
+		"bad flag":  {[]string{"--no-such-flag"}, "no-such-flag"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var stderr bytes.Buffer
+			if got := Main(c.args, &stderr); got != ExitError {
+				t.Fatalf("status %d, want %d", got, ExitError)
+			}
+			if !strings.Contains(stderr.String(), c.want) {
+				t.Fatalf("stderr %q, want it to contain %q", stderr.String(), c.want)
+			}
+		})
+	}
+}
