@@ -202,8 +202,10 @@ func writeCmdline(m io.WriterAt, cmdline string) error {
 	return nil
 }
 
-// copyChunk bounds the buffer used to copy files into guest memory.
-const copyChunk = 1 << 20
+// copyChunk bounds the buffer used to copy files into guest memory: small,
+// so loading a large initrd leaves no large buffer in the VMM's heap (a
+// copy costs one pread per chunk).
+const copyChunk = 64 << 10
 
 // copyToGuest copies n bytes at off in r to guest address gpa.
 func copyToGuest(m io.WriterAt, gpa uint64, r io.ReaderAt, off int64, n uint64) error {

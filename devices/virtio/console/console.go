@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ember-vmm/ember/devices/virtio"
@@ -378,10 +379,8 @@ func (d *Device) output(q *virtio.Queue, o *outPort, stop <-chan struct{}) bool 
 		d.stats.Requests.Add(1)
 		r := c.Reader()
 		for r.Len() > 0 {
-			var b []byte
-			select {
-			case b = <-o.free:
-			case <-stop:
+			b, ok := o.chunk(stop)
+			if !ok {
 				return false
 			}
 			n, _ := io.ReadFull(r, b[:cap(b)][:min(uint64(cap(b)), r.Len())])
@@ -401,6 +400,9 @@ type outPort struct {
 	full  chan []byte
 	free  chan []byte
 	idle  chan struct{} // signalled after each write
+	// made counts the chunks allocated so far: they are made on demand,
+	// so a quiet port keeps no buffers resident.
+	made atomic.Int32
 }
 
 func newOutPort(w io.Writer, s *virtio.Stats) *outPort {
@@ -409,9 +411,6 @@ func newOutPort(w io.Writer, s *virtio.Stats) *outPort {
 	}
 	o := &outPort{w: w, stats: s, full: make(chan []byte, outChunks), free: make(chan []byte, outChunks),
 		idle: make(chan struct{}, 1)}
-	for range outChunks {
-		o.free <- make([]byte, 0, chunkSize)
-	}
 	go o.run()
 	return o
 }
@@ -431,9 +430,29 @@ func (o *outPort) run() {
 	}
 }
 
+// chunk is a free chunk, a new one while fewer than outChunks exist, or
+// false if stop came first.
+func (o *outPort) chunk(stop <-chan struct{}) ([]byte, bool) {
+	select {
+	case b := <-o.free:
+		return b, true
+	default:
+	}
+	if o.made.Load() < outChunks {
+		o.made.Add(1)
+		return make([]byte, 0, chunkSize), true
+	}
+	select {
+	case b := <-o.free:
+		return b, true
+	case <-stop:
+		return nil, false
+	}
+}
+
 // flush waits until every chunk was written, or stop.
 func (o *outPort) flush(stop <-chan struct{}) {
-	for len(o.free) < outChunks {
+	for len(o.free) < int(o.made.Load()) {
 		select {
 		case <-o.idle:
 		case <-stop:
