@@ -76,6 +76,14 @@ func Handoff(vmm string, p *Plan, s Session, logLevel string) error {
 			args = append(args, fl.name)
 		}
 	}
+	if !p.HugePages {
+		// Hosts with transparent huge pages "always" (Debian's default)
+		// back the Go heap with 2 MiB pages: megabytes resident for a
+		// heap of hundreds of KiB. The setting survives the exec, so it
+		// holds from ember-vmm's first page; guest RAM asked to use huge
+		// pages needs it off.
+		_ = unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0)
+	}
 	err = syscall.Exec(vmm, args, os.Environ())
 	f.Close()
 	return fmt.Errorf("exec %s: %w", vmm, err)
