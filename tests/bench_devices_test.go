@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/ember-vmm/ember/vmm/plan"
 	"io"
 	"net"
 	"os"
@@ -152,7 +151,7 @@ func BenchmarkVMDevices(b *testing.B) {
 
 	script := "ip addr add 10.0.3.2/24 dev eth0 && ip link set eth0 up && echo BENCH-START && ioperf /dev/vda 128 && " +
 		"dd if=/dev/zero bs=1M count=64 2>/dev/null | netcat 10.0.3.1:9100; echo BENCH-END; sleep 1; poweroff"
-	run, err := plan.RunArchive(proto.Run{Args: []string{"sh", "-c", script}})
+	run, err := proto.Archive(proto.Run{Args: []string{"sh", "-c", script}})
 	if err != nil {
 		b.Fatal(err)
 	}

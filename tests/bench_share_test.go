@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"github.com/ember-vmm/ember/vmm/plan"
 	"io"
 	"os"
 	"os/exec"
@@ -44,7 +43,7 @@ func BenchmarkVMShares(b *testing.B) {
 	args := []string{"sharecheck", "-bench", "/mnt/share", strconv.Itoa(files), strconv.Itoa(mib)}
 	// QEMU boots the same image; its run (the command and the 9p mount)
 	// is in an archive appended to it, as ember would send it.
-	run, err := plan.RunArchive(proto.Run{Args: args, Shares: []proto.Share{{Tag: "share0", Path: "/mnt/share", NineP: true}}})
+	run, err := proto.Archive(proto.Run{Args: args, Shares: []proto.Share{{Tag: "share0", Path: "/mnt/share", NineP: true}}})
 	if err != nil {
 		b.Fatal(err)
 	}

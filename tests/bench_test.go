@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"github.com/ember-vmm/ember/vmm/plan"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -66,7 +65,7 @@ func BenchmarkVMBootToInit(b *testing.B) {
 	qemu, qerr := exec.LookPath("qemu-system-x86_64")
 
 	// QEMU gets ember's initramfs with the same run file appended.
-	run, err := plan.RunArchive(proto.Run{Args: []string{"sh", "-c", "echo " + readyMarker + "; poweroff"}})
+	run, err := proto.Archive(proto.Run{Args: []string{"sh", "-c", "echo " + readyMarker + "; poweroff"}})
 	if err != nil {
 		b.Fatal(err)
 	}

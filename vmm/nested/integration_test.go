@@ -104,7 +104,7 @@ func TestInitCommandModeUnderQEMU(t *testing.T) {
 	}
 	o := Options{Initrd: base, Args: []string{"sh", "-c", "ember-info; echo done-$((1+2)); exit 3"}}
 	initrd := filepath.Join(dir, "initrd")
-	arch, err := runArchive(proto.Run{Args: o.Args})
+	arch, err := proto.Archive(proto.Run{Args: o.Args})
 	if err != nil {
 		t.Fatal(err)
 	}

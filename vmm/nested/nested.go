@@ -8,9 +8,7 @@
 package nested
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -27,7 +25,6 @@ import (
 
 	"github.com/ember-vmm/ember/guest/proto"
 	"github.com/ember-vmm/ember/vmm/hostio"
-	"github.com/u-root/u-root/pkg/cpio"
 	"golang.org/x/sys/unix"
 )
 
@@ -438,31 +435,11 @@ func runFile(o Options) proto.Run {
 		Nested: &proto.Nested{RootTag: rootTag, IOTag: ioTag, Mounts: o.Mounts, Heartbeat: heartbeatTTY}}
 }
 
-// runArchive is a newc cpio holding proto.RunFile. The kernel unpacks
-// concatenated archives in order, so appending it to the cached L1 image
-// adds the file without rebuilding the image.
-func runArchive(r proto.Run) ([]byte, error) {
-	b, err := json.Marshal(r)
-	if err != nil {
-		return nil, err
-	}
-	var buf bytes.Buffer
-	w := cpio.Newc.Writer(&buf)
-	rec := cpio.StaticFile(strings.TrimPrefix(proto.RunFile, "/"), string(b), 0o644)
-	if err := cpio.WriteRecordsAndDirs(w, []cpio.Record{rec}); err != nil {
-		return nil, err
-	}
-	if err := cpio.WriteTrailer(w); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
-}
-
 // buildInitrd writes o.Initrd followed by the run archive to path. The
 // archive starts 4-byte aligned, as the initramfs format requires
 // (Documentation/driver-api/early-userspace/buffer-format.rst).
 func buildInitrd(o Options, path string) error {
-	arch, err := runArchive(runFile(o))
+	arch, err := proto.Archive(runFile(o))
 	if err != nil {
 		return fmt.Errorf("nested: run file: %w", err)
 	}

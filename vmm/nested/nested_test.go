@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -85,36 +84,6 @@ func readArchive(t *testing.T, b []byte) map[string]string {
 		files[r.Name] = content
 	}
 	return files
-}
-
-func TestRunArchive(t *testing.T) {
-	want := proto.Run{Args: []string{"/usr/bin/ember", "run", "--", "sh"}, Env: []string{"A=1"}, Dir: "/src",
-		Nested: &proto.Nested{RootTag: rootTag, IOTag: ioTag, Mounts: []proto.NestedMount{{Tag: "m0", Path: "/x"}}}}
-	b, err := runArchive(want)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(b)%4 != 0 {
-		t.Errorf("archive length %d not a multiple of 4", len(b))
-	}
-	files := readArchive(t, b)
-	name := strings.TrimPrefix(proto.RunFile, "/")
-	js, ok := files[name]
-	if !ok {
-		t.Fatalf("no %s in %v", name, files)
-	}
-	for _, dir := range []string{"etc", "etc/ember"} {
-		if _, ok := files[dir]; !ok {
-			t.Errorf("parent directory %s missing", dir)
-		}
-	}
-	var got proto.Run
-	if err := json.Unmarshal([]byte(js), &got); err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("run file %+v, want %+v", got, want)
-	}
 }
 
 func TestBuildInitrd(t *testing.T) {

@@ -190,7 +190,7 @@ func Run(ctx context.Context, p *Plan, o Options) (*Report, error) {
 // check opens the kernel once and checks the whole machine without KVM:
 // the kernel's headers, that kernel, initrd and command line fit in RAM.
 func (p *Plan) Check() (*boot.Kernel, []byte, error) {
-	extra, err := RunArchive(p.Run)
+	extra, err := proto.Archive(p.Run)
 	if err != nil {
 		return nil, nil, err
 	}

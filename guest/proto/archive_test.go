@@ -1,4 +1,4 @@
-package plan
+package proto
 
 import (
 	"bytes"
@@ -8,14 +8,13 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/ember-vmm/ember/guest/proto"
 	"github.com/u-root/mkuimage/cpio"
 )
 
-func TestRunArchive(t *testing.T) {
-	want := proto.Run{Args: []string{"sh", "-c", "echo hi"}, Env: []string{"A=b"}, Dir: "/tmp",
-		Nested: &proto.Nested{RootTag: "root", IOTag: "io"}}
-	b, err := RunArchive(want)
+func TestArchive(t *testing.T) {
+	want := Run{Args: []string{"sh", "-c", "echo hi"}, Env: []string{"A=b"}, Dir: "/tmp",
+		Nested: &Nested{RootTag: "root", IOTag: "io"}}
+	b, err := Archive(want)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,11 +26,18 @@ func TestRunArchive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got proto.Run
+	var got Run
 	var names []string
 	for _, r := range recs {
 		names = append(names, r.Name)
-		if "/"+r.Name == proto.RunFile {
+		wantMode := uint64(newcDir | 0o755)
+		if "/"+r.Name == RunFile {
+			wantMode = newcFile | 0o644
+		}
+		if r.Mode != wantMode {
+			t.Errorf("%s: mode %o, want %o", r.Name, r.Mode, wantMode)
+		}
+		if "/"+r.Name == RunFile {
 			if err := json.Unmarshal(recordBytes(t, r), &got); err != nil {
 				t.Fatal(err)
 			}
