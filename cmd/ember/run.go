@@ -194,6 +194,7 @@ func newRunPlanCmd(g *globals) *cobra.Command {
 				return err
 			}
 			s := session(g, f, p.Interactive, false)
+			s.Relayed = true
 			if vmm, err := plan.VMMBinary(); err == nil {
 				return plan.Handoff(vmm, p, s, g.logLevel)
 			}

@@ -29,7 +29,6 @@ import (
 	"github.com/ember-vmm/ember/vmm"
 	"github.com/ember-vmm/ember/vmm/nested"
 	"github.com/ember-vmm/ember/vmm/tap"
-	"golang.org/x/sys/unix"
 )
 
 // Options are the inputs of Run.
@@ -124,6 +123,7 @@ func (pr *Prepared) Run(ctx context.Context, o Options) (*plan.Report, error) {
 		ctx, cancel = context.WithTimeout(ctx, t)
 		defer cancel()
 	}
+	pr.Plan.SizeFrom(o.Terminal)
 	var in *plan.ConsoleInput
 	if pr.Plan.Interactive && o.Stdin != nil {
 		in = plan.NewConsoleInput(o.Stdin)
@@ -201,11 +201,6 @@ func makePlan(ctx context.Context, cache *images.Cache, cfg *configs.VM, o Optio
 	if cfg.Boot.Rootfs == "host" {
 		if err := hostRoot(p, cfg); err != nil {
 			return nil, err
-		}
-	}
-	if p.Interactive && o.Terminal != nil {
-		if ws, err := unix.IoctlGetWinsize(int(o.Terminal.Fd()), unix.TIOCGWINSZ); err == nil && ws.Row > 0 && ws.Col > 0 {
-			p.Run.Winsize = &proto.Winsize{Rows: ws.Row, Cols: ws.Col}
 		}
 	}
 	return p, nil

@@ -71,7 +71,7 @@ func Handoff(vmm string, p *Plan, s Session, logLevel string) error {
 	for _, fl := range []struct {
 		on   bool
 		name string
-	}{{s.JSON, "--json"}, {s.Announce, "--announce"}} {
+	}{{s.JSON, "--json"}, {s.Announce, "--announce"}, {s.Relayed, "--relayed"}} {
 		if fl.on {
 			args = append(args, fl.name)
 		}
@@ -102,6 +102,7 @@ func Main(args []string, stderr io.Writer) int {
 	fs.StringVar(&s.ResultFile, "result-file", "", "also write the JSON result to this file")
 	fs.BoolVar(&s.JSON, "json", false, "print a JSON result on stdout when the VM ends")
 	fs.BoolVar(&s.Announce, "announce", false, "tell a terminal user how to quit")
+	fs.BoolVar(&s.Relayed, "relayed", false, "the console is relayed by another ember, with the terminal's size in band")
 	fs.SetOutput(stderr)
 	if err := fs.Parse(args); err != nil {
 		return ExitError

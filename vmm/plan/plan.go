@@ -24,6 +24,7 @@ import (
 	"github.com/ember-vmm/ember/guest/proto"
 	"github.com/ember-vmm/ember/vmm"
 	"github.com/ember-vmm/ember/vmm/nested"
+	"golang.org/x/sys/unix"
 )
 
 // Exit statuses of ember itself, chosen like timeout(1) and docker run so
@@ -153,6 +154,7 @@ func Run(ctx context.Context, p *Plan, o Options) (*Report, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
+	p.SizeFrom(o.Terminal)
 	k, extra, err := p.Check()
 	if err != nil {
 		return nil, err
@@ -321,4 +323,15 @@ func self() string {
 		return ""
 	}
 	return filepath.Base(exe)
+}
+
+// SizeFrom gives an interactive plan's shell the size of term, the
+// user's terminal (nil: none), to start with; later sizes go in band.
+func (p *Plan) SizeFrom(term *os.File) {
+	if !p.Interactive || term == nil {
+		return
+	}
+	if ws, err := unix.IoctlGetWinsize(int(term.Fd()), unix.TIOCGWINSZ); err == nil && ws.Row > 0 && ws.Col > 0 {
+		p.Run.Winsize = &proto.Winsize{Rows: ws.Row, Cols: ws.Col}
+	}
 }

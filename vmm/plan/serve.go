@@ -21,9 +21,13 @@ type Session struct {
 	ResultFile string
 	// Announce tells a terminal user how to quit.
 	Announce bool
-	KVMPath  string
-	Log      *slog.Logger
-	Started  time.Time
+	// Relayed says the console comes from another ember (the one outside
+	// a nested L1), which sends the user's terminal size in band: this
+	// process's own terminal is not the user's, and its size is not sent.
+	Relayed bool
+	KVMPath string
+	Log     *slog.Logger
+	Started time.Time
 }
 
 // reportWriteLimit bounds the wait for a stalled stdout to take the JSON
@@ -54,7 +58,9 @@ func (s Session) Serve(run func(Options) (*Report, error)) (int, error) {
 				return 0, fmt.Errorf("terminal raw mode: %w", err)
 			}
 			defer term.Restore(int(os.Stdin.Fd()), old)
-			o.Terminal = os.Stdin
+			if !s.Relayed {
+				o.Terminal = os.Stdin
+			}
 			if s.Announce {
 				fmt.Fprint(os.Stderr, "ember: console attached; Ctrl-A x quits\r\n")
 			}
