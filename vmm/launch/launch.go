@@ -159,7 +159,8 @@ func makePlan(ctx context.Context, cache *images.Cache, cfg *configs.VM, o Optio
 		return nil, err
 	}
 	p := &plan.Plan{Kernel: kernel, Initrd: initrd, Cmdline: kernelCmdline(cfg.Boot), CPUs: cfg.Machine.CPUs,
-		Memory: uint64(cfg.Machine.Memory), HugePages: cfg.Machine.HugePages, Run: proto.Run{Env: cfg.Run.Env, Stdio: !o.Interactive}, Interactive: o.Interactive}
+		Memory: uint64(cfg.Machine.Memory), HugePages: cfg.Machine.HugePages, Run: proto.Run{Env: cfg.Run.Env, Stdio: !o.Interactive}, Interactive: o.Interactive,
+		OwnInit: ownInit(cfg) && len(o.Command) == 0}
 	if o.ConsoleLog != "" {
 		if p.ConsoleLog, err = filepath.Abs(o.ConsoleLog); err != nil {
 			return nil, fmt.Errorf("--console-log: %w", err)

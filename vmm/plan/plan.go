@@ -109,6 +109,10 @@ type Plan struct {
 	HugePages   bool      `json:"huge_pages,omitempty"`
 	Run         proto.Run `json:"run"`
 	Interactive bool      `json:"interactive,omitempty"`
+	// OwnInit says the initrd's init is the user's, not ember's: nothing
+	// in the guest speaks ember's stdio protocol, so the VM gets no
+	// virtio-console for it (its probe alone costs a hundred exits).
+	OwnInit bool `json:"own_init,omitempty"`
 	// Drives are the virtio-blk disks (absolute image paths).
 	Drives []blk.Options `json:"drives,omitempty"`
 	RNG    bool          `json:"rng,omitempty"`
@@ -224,7 +228,9 @@ func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byt
 	cfg := p.vmmConfig(k, extra)
 	cfg.Console, cfg.Input, cfg.KVMPath, cfg.Log = o.Stdout, input, o.KVMPath, o.Log
 	if p.Run.Stdio {
-		cfg.Stdio = &console.Options{Stdin: o.CommandStdin, Stdout: o.Stdout, Stderr: o.Stderr}
+		if !p.OwnInit {
+			cfg.Stdio = &console.Options{Stdin: o.CommandStdin, Stdout: o.Stdout, Stderr: o.Stderr}
+		}
 		cl, closeLog, err := ConsoleLog(p.ConsoleLog, p.ConsoleAppend, o.Stderr)
 		if err != nil {
 			return nil, err
