@@ -52,6 +52,9 @@ type Result struct {
 	StoppedAt []uint64
 	// Devices holds each virtio device's counters by device name.
 	Devices map[string]map[string]uint64
+	// ExitsByDevice counts the port-I/O and MMIO exits by the device that
+	// served them ("pio:serial", "mmio:unclaimed", ...).
+	ExitsByDevice map[string]uint64
 	// Unclaimed counts guest accesses no device handled.
 	Unclaimed uint64
 	// ConsoleDropped counts guest console bytes that never reached the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ember-vmm/ember/vmm/bus"
 	"io"
 	"maps"
 	"runtime"
@@ -129,6 +130,12 @@ func (m *Machine) Run(ctx context.Context) (*Result, error) {
 		e.mergeInto(r.Exits)
 	}
 	r.Unclaimed = m.pio.Unclaimed() + m.mmio.Unclaimed()
+	r.ExitsByDevice = map[string]uint64{}
+	for kind, b := range map[string]*bus.Bus{"pio": m.pio, "mmio": m.mmio} {
+		for name, n := range b.Accesses() {
+			r.ExitsByDevice[kind+":"+name] = n
+		}
+	}
 	r.Devices = m.deviceStats()
 	if r.Outcome == OutcomeTimeout || r.Outcome == OutcomeCanceled || r.Outcome == OutcomeCrash {
 		// Where each queue stood tells a driver waiting on a buffer the

@@ -32,6 +32,8 @@ type entry struct {
 	base, size uint64
 	dev        Device
 	name       string
+	// accesses counts the exits this device served.
+	accesses *atomic.Uint64
 }
 
 // Bus is a set of non-overlapping address ranges, each owned by one device.
@@ -67,7 +69,7 @@ func (b *Bus) Register(name string, base, size uint64, d Device) error {
 				b.name, name, base, size, e.name, e.base, e.size, ErrOverlap)
 		}
 	}
-	b.entries = append(b.entries, entry{base: base, size: size, dev: d, name: name})
+	b.entries = append(b.entries, entry{base: base, size: size, dev: d, name: name, accesses: new(atomic.Uint64)})
 	sort.Slice(b.entries, func(i, j int) bool { return b.entries[i].base < b.entries[j].base })
 	return nil
 }
@@ -78,6 +80,7 @@ func (b *Bus) find(addr uint64) (Device, uint64, bool) {
 	es := b.entries
 	i := sort.Search(len(es), func(i int) bool { return es[i].base+es[i].size > addr })
 	if i < len(es) && es[i].base <= addr {
+		es[i].accesses.Add(1)
 		return es[i].dev, addr - es[i].base, true
 	}
 	return nil, 0, false
@@ -113,3 +116,21 @@ func (b *Bus) miss(addr uint64, size int, write bool) {
 
 // Unclaimed reports how many accesses hit no device.
 func (b *Bus) Unclaimed() uint64 { return b.unclaimed.Load() }
+
+// Accesses reports, per device name, how many accesses (each one VM exit)
+// it served; devices that served none are left out, and accesses no
+// device claimed are under "unclaimed".
+func (b *Bus) Accesses() map[string]uint64 {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	out := map[string]uint64{}
+	for _, e := range b.entries {
+		if n := e.accesses.Load(); n > 0 {
+			out[e.name] += n
+		}
+	}
+	if n := b.unclaimed.Load(); n > 0 {
+		out["unclaimed"] = n
+	}
+	return out
+}

@@ -2,6 +2,7 @@ package bus
 
 import (
 	"errors"
+	"maps"
 	"testing"
 )
 
@@ -66,5 +67,31 @@ func TestDispatch(t *testing.T) {
 	b.Write(0xff, d)
 	if b.Unclaimed() != 2 || misses != 2 {
 		t.Fatalf("unclaimed = %d (hook %d), want 2", b.Unclaimed(), misses)
+	}
+}
+
+// Every access is counted against the device that served it, and one no
+// device claims against "unclaimed": the exit classes a run reports.
+func TestAccesses(t *testing.T) {
+	b := New("pio")
+	for _, r := range []struct {
+		name string
+		base uint64
+	}{{"serial", 0x3f8}, {"rtc", 0x70}, {"idle", 0x100}} {
+		if err := b.Register(r.name, r.base, 8, &rec{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 1)
+	for range 3 {
+		b.Write(0x3f8, buf)
+	}
+	b.Read(0x3fd, buf)
+	b.Read(0x71, buf)
+	b.Write(0x500, buf)
+	got := b.Accesses()
+	want := map[string]uint64{"serial": 4, "rtc": 1, "unclaimed": 1}
+	if !maps.Equal(got, want) {
+		t.Fatalf("accesses %v, want %v", got, want)
 	}
 }

@@ -83,6 +83,9 @@ type Report struct {
 	CPUs        int               `json:"cpus"`
 	MemoryMiB   uint64            `json:"memory_mib"`
 	Exits       map[string]uint64 `json:"exits,omitempty"`
+	// ExitsByDevice are the port-I/O and MMIO exits by the device that
+	// served them.
+	ExitsByDevice map[string]uint64 `json:"exits_by_device,omitempty"`
 	// StoppedAt lists the vCPUs' instruction pointers when a guest that
 	// was still running was stopped.
 	StoppedAt []string `json:"stopped_at,omitempty"`
@@ -250,7 +253,7 @@ func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byt
 	rep := &Report{
 		Accel: "kvm", VMM: self(), Outcome: res.Outcome, Reason: res.Reason, BootMS: Millis(res.BootTime), CommandMS: Millis(res.CommandStart),
 		WallMS: Millis(res.Wall), Panic: res.Panic, Kernel: p.Kernel, Initrd: p.Initrd,
-		CPUs: p.CPUs, MemoryMiB: p.Memory >> 20, Exits: res.Exits,
+		CPUs: p.CPUs, MemoryMiB: p.Memory >> 20, Exits: res.Exits, ExitsByDevice: res.ExitsByDevice,
 		Unclaimed: res.Unclaimed, ConsoleDropped: res.ConsoleDropped, Devices: res.Devices,
 	}
 	for _, ip := range res.StoppedAt {
