@@ -244,6 +244,10 @@ func wrap(s string, n int) []string {
 // two-phase bars of the other contenders.
 func phaseColor(name string) string {
 	switch name {
+	case "resolve":
+		return "#0b1f45"
+	case "exec":
+		return "#16305c"
 	case "setup":
 		return "#1f3b73"
 	case "vcpu start":

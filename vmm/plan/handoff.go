@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ember-vmm/ember/vmm"
 	"github.com/ember-vmm/ember/vmm/ratelimit"
 	"golang.org/x/sys/unix"
 )
@@ -48,7 +49,7 @@ func VMMBinary() (string, error) {
 // s: the VM runs in a process that links only what a VMM needs, under
 // the same PID, with the same stdio. The plan travels in a memfd. It
 // returns only if the exec failed, and then nothing has run yet.
-func Handoff(vmm string, p *Plan, s Session, logLevel string) error {
+func Handoff(exe string, p *Plan, s Session, logLevel string) error {
 	b, err := json.Marshal(p)
 	if err != nil {
 		return fmt.Errorf("plan: %w", err)
@@ -63,8 +64,9 @@ func Handoff(vmm string, p *Plan, s Session, logLevel string) error {
 		f.Close()
 		return fmt.Errorf("plan memfd: %w", err)
 	}
-	args := []string{vmm, "--plan-fd", strconv.Itoa(fd), "--log-level", logLevel,
-		"--started", strconv.FormatInt(s.Started.UnixNano(), 10), "--kvm-device", s.KVMPath}
+	args := []string{exe, "--plan-fd", strconv.Itoa(fd), "--log-level", logLevel,
+		"--started", strconv.FormatInt(s.Started.UnixNano(), 10), "--kvm-device", s.KVMPath,
+		"--handoff", strconv.FormatInt(time.Now().UnixNano(), 10)}
 	if s.ResultFile != "" {
 		args = append(args, "--result-file", s.ResultFile)
 	}
@@ -84,19 +86,21 @@ func Handoff(vmm string, p *Plan, s Session, logLevel string) error {
 		// pages needs it off.
 		_ = unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0)
 	}
-	err = syscall.Exec(vmm, args, os.Environ())
+	err = syscall.Exec(exe, args, os.Environ())
 	f.Close()
-	return fmt.Errorf("exec %s: %w", vmm, err)
+	return fmt.Errorf("exec %s: %w", exe, err)
 }
 
 // Main is ember-vmm: it runs the plan that ember handed off and returns
 // the exit status.
 func Main(args []string, stderr io.Writer) int {
+	mainStart := time.Now()
 	fs := flag.NewFlagSet(VMMName, flag.ContinueOnError)
 	planFD := fs.Int("plan-fd", -1, "descriptor holding the plan (JSON)")
 	planFile := fs.String("plan", "", "file holding the plan (JSON)")
 	level := fs.String("log-level", "warn", "log level: debug, info, warn or error")
 	started := fs.Int64("started", 0, "when ember started, in Unix nanoseconds")
+	handoff := fs.Int64("handoff", 0, "when ember executed ember-vmm, in Unix nanoseconds")
 	var s Session
 	fs.StringVar(&s.KVMPath, "kvm-device", "/dev/kvm", "KVM device")
 	fs.StringVar(&s.ResultFile, "result-file", "", "also write the JSON result to this file")
@@ -118,6 +122,9 @@ func Main(args []string, stderr io.Writer) int {
 	s.Started = time.Now()
 	if *started > 0 {
 		s.Started = time.Unix(0, *started)
+	}
+	if *handoff > 0 {
+		s.pre = []vmm.Mark{{Name: markHandoff, At: time.Unix(0, *handoff)}, {Name: markVMMStart, At: mainStart}}
 	}
 	var src io.Reader
 	switch {

@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"slices"
 	"time"
 
 	"github.com/ember-vmm/ember/vmm"
@@ -21,6 +22,10 @@ func phaseAfter(mark string) string {
 	switch mark {
 	case "start":
 		return "setup" // config, images, KVM VM, guest memory, devices, kernel loaded
+	case markHandoff:
+		return "exec" // ember-vmm loaded and its runtime started
+	case markVMMStart:
+		return "setup" // the plan read and checked, KVM VM, guest memory, devices, kernel loaded
 	case vmm.MarkCreated:
 		return "vcpu start" // goroutines and vCPU threads up to the first KVM_RUN
 	case vmm.MarkFirstRun:
@@ -37,22 +42,33 @@ func phaseAfter(mark string) string {
 	return mark
 }
 
+// Marks of a run handed to ember-vmm: when ember executed it, and when
+// its main began.
+const (
+	markHandoff  = "handoff"
+	markVMMStart = "vmm start"
+)
+
 // phases turns a run's marks into its timeline, from started (or the
 // first mark when zero) to down, when the machine was torn down with
-// exits VM exits in all.
-func phases(started time.Time, marks []vmm.Mark, down time.Time, exits uint64) []Phase {
+// exits VM exits in all. pre are the marks before the VMM's own (the
+// hand-off to ember-vmm), in order.
+func phases(started time.Time, pre, marks []vmm.Mark, down time.Time, exits uint64) []Phase {
 	if len(marks) == 0 {
 		return nil
 	}
-	pts := marks
+	pts := append(slices.Clone(pre), marks...)
 	if !started.IsZero() {
-		pts = append([]vmm.Mark{{Name: "start", At: started}}, marks...)
+		pts = append([]vmm.Mark{{Name: "start", At: started}}, pts...)
 	}
 	base := pts[0].At
 	pts = append(pts, vmm.Mark{Name: "down", At: down, Exits: exits})
 	var out []Phase
 	for i := 0; i+1 < len(pts); i++ {
 		name := phaseAfter(pts[i].Name)
+		if pts[i].Name == "start" && pts[i+1].Name == markHandoff {
+			name = "resolve" // ember: config, images, the kernel checked
+		}
 		if pts[i].Name == vmm.MarkFirstRun && pts[i+1].Name != vmm.MarkInit {
 			// Not ember's init: the guest ran on its own until it ended.
 			name = "guest"

@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -18,7 +19,7 @@ func TestPhases(t *testing.T) {
 		{Name: vmm.MarkCommandExit, At: at(330), Exits: 390},
 		{Name: vmm.MarkEnded, At: at(340), Exits: 400},
 	}
-	got := phases(t0, marks, at(345), 401)
+	got := phases(t0, nil, marks, at(345), 401)
 	want := []Phase{
 		{"setup", 0, 40, 0}, {"vcpu start", 40, 1, 0}, {"kernel", 41, 259, 350}, {"init", 300, 20, 30},
 		{"command", 320, 10, 10}, {"power-off", 330, 10, 10}, {"teardown", 340, 5, 1},
@@ -37,11 +38,20 @@ func TestPhases(t *testing.T) {
 		t.Errorf("phases add up to %v ms, want 345", sum)
 	}
 	// A guest of its own: no init mark, and no process start given.
-	got = phases(time.Time{}, []vmm.Mark{{Name: vmm.MarkCreated, At: at(0)}, {Name: vmm.MarkFirstRun, At: at(1)}, {Name: vmm.MarkEnded, At: at(200), Exits: 190}}, at(210), 190)
+	got = phases(time.Time{}, nil, []vmm.Mark{{Name: vmm.MarkCreated, At: at(0)}, {Name: vmm.MarkFirstRun, At: at(1)}, {Name: vmm.MarkEnded, At: at(200), Exits: 190}}, at(210), 190)
 	if len(got) != 3 || got[0].Name != "vcpu start" || got[1].Name != "guest" || got[1].Exits != 190 || got[2].Name != "teardown" {
 		t.Fatalf("own init: %+v", got)
 	}
-	if phases(t0, nil, at(1), 0) != nil {
+	if phases(t0, nil, nil, at(1), 0) != nil {
 		t.Error("no marks, yet phases")
+	}
+	// Handed to ember-vmm: ember's part, the exec, then the VMM's setup.
+	got = phases(t0, []vmm.Mark{{Name: markHandoff, At: at(10)}, {Name: markVMMStart, At: at(15)}}, marks, at(345), 401)
+	names := []string{}
+	for _, p := range got {
+		names = append(names, p.Name)
+	}
+	if !slices.Equal(names[:4], []string{"resolve", "exec", "setup", "vcpu start"}) || got[0].MS != 10 || got[1].MS != 5 || got[2].MS != 25 {
+		t.Fatalf("handed off: %+v", got)
 	}
 }

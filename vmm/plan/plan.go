@@ -61,6 +61,8 @@ type Options struct {
 	// Started is when the ember process started, where the phase
 	// timeline begins (zero: at the VM's creation).
 	Started time.Time
+	// pre are the marks of a hand-off to ember-vmm.
+	pre []vmm.Mark
 }
 
 // Report is what a run produced; it is also the --json output.
@@ -265,7 +267,7 @@ func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byt
 	for _, n := range res.Exits {
 		exits += n
 	}
-	rep.Phases = phases(o.Started, res.Marks, time.Now(), exits)
+	rep.Phases = phases(o.Started, o.pre, res.Marks, time.Now(), exits)
 	Finish(rep, res, len(p.Run.Args) > 0)
 	if res.Outcome == vmm.OutcomeCanceled && quit.Load() {
 		// Ctrl-A x: the user ended the session, as with QEMU.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/ember-vmm/ember/vmm"
 	"github.com/ember-vmm/ember/vmm/hostio"
 	"golang.org/x/term"
 )
@@ -28,6 +29,8 @@ type Session struct {
 	KVMPath string
 	Log     *slog.Logger
 	Started time.Time
+	// pre are the marks of a hand-off to ember-vmm.
+	pre []vmm.Mark
 }
 
 // reportWriteLimit bounds the wait for a stalled stdout to take the JSON
@@ -42,7 +45,7 @@ func (s Session) Serve(run func(Options) (*Report, error)) (int, error) {
 	if stdout != os.Stdout {
 		defer stdout.Close()
 	}
-	o := Options{KVMPath: s.KVMPath, Stdout: stdout, Stderr: os.Stderr, Log: s.Log, Started: s.Started}
+	o := Options{KVMPath: s.KVMPath, Stdout: stdout, Stderr: os.Stderr, Log: s.Log, Started: s.Started, pre: s.pre}
 	if !s.Interactive && !isTerminal(os.Stdin) {
 		in := hostio.NewInput(os.Stdin)
 		defer in.Close()
