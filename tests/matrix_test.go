@@ -40,7 +40,7 @@ name = "panics"
 command = ["sh", "-c", "echo c > /proc/sysrq-trigger"]
 [[target]]
 name = "hangs"
-timeout = "20s"
+timeout = "60s"
 command = ["sh", "-c", "echo waiting; sleep 600"]
 `), 0o644); err != nil {
 		t.Fatal(err)
