@@ -150,3 +150,48 @@ func read(t *testing.T, m *fakeMem, addr uint64, n int) []byte {
 	}
 	return b
 }
+
+// slicingMem is fakeMem that lends windows of itself, as ember's guest
+// memory does, and counts the writes that did not use them.
+type slicingMem struct {
+	*fakeMem
+	writes int
+}
+
+func (m *slicingMem) Slice(gpa, n uint64) ([]byte, error) { return m.slice(int64(gpa), int(n)) }
+
+func (m *slicingMem) WriteAt(p []byte, off int64) (int, error) {
+	m.writes++
+	return m.fakeMem.WriteAt(p, off)
+}
+
+// Files go straight into guest memory that lends windows of itself, with
+// the same bytes as through the buffer; zeroing too.
+func TestCopyToGuestDirect(t *testing.T) {
+	src := make([]byte, 3*copyChunk+123)
+	for i := range src {
+		src[i] = byte(i * 7)
+	}
+	m := &slicingMem{fakeMem: newMem(1 << 20)}
+	if err := copyToGuest(m, 0x1000, bytes.NewReader(src), 5, uint64(len(src)-5)); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := m.slice(0x1000, len(src)-5)
+	if !bytes.Equal(got, src[5:]) || m.writes != 0 {
+		t.Fatalf("direct copy: equal %v, %d buffered writes", bytes.Equal(got, src[5:]), m.writes)
+	}
+	if err := zeroGuest(m, 0x1000, 100); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := m.slice(0x1000, 100); !bytes.Equal(got, make([]byte, 100)) || m.writes != 0 {
+		t.Fatalf("zeroing: %x, %d buffered writes", got[:8], m.writes)
+	}
+	// A short file is an error, not a half-loaded kernel.
+	if err := copyToGuest(m, 0x1000, bytes.NewReader(src[:10]), 0, 100); err == nil {
+		t.Fatal("a short read was accepted")
+	}
+	// A range beyond RAM takes the buffered path, which refuses it.
+	if err := copyToGuest(m, 1<<20-10, bytes.NewReader(src), 0, 100); err == nil {
+		t.Fatal("a copy past the end of RAM was accepted")
+	}
+}

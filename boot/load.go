@@ -207,10 +207,29 @@ func writeCmdline(m io.WriterAt, cmdline string) error {
 // copy costs one pread per chunk).
 const copyChunk = 64 << 10
 
+// slicer is guest memory that can lend a window of itself: files are then
+// read straight into guest RAM, with no buffer and no second copy.
+type slicer interface {
+	Slice(gpa, n uint64) ([]byte, error)
+}
+
 // copyToGuest copies n bytes at off in r to guest address gpa.
 func copyToGuest(m io.WriterAt, gpa uint64, r io.ReaderAt, off int64, n uint64) error {
 	if n == 0 {
 		return nil
+	}
+	if s, ok := m.(slicer); ok {
+		// A range that does not fit one region (or at all) takes the
+		// buffered path, which reports it.
+		if dst, err := s.Slice(gpa, n); err == nil {
+			if k, err := r.ReadAt(dst, off); uint64(k) < n {
+				if err == io.EOF || err == nil {
+					err = io.ErrUnexpectedEOF
+				}
+				return fmt.Errorf("reading %d bytes at %d: %w", n, off, err)
+			}
+			return nil
+		}
 	}
 	buf := make([]byte, min(n, copyChunk))
 	for done := uint64(0); done < n; {
@@ -234,6 +253,12 @@ func copyToGuest(m io.WriterAt, gpa uint64, r io.ReaderAt, off int64, n uint64) 
 func zeroGuest(m io.WriterAt, gpa, n uint64) error {
 	if n == 0 {
 		return nil
+	}
+	if s, ok := m.(slicer); ok {
+		if dst, err := s.Slice(gpa, n); err == nil {
+			clear(dst)
+			return nil
+		}
 	}
 	buf := make([]byte, min(n, copyChunk))
 	for done := uint64(0); done < n; {
