@@ -45,17 +45,22 @@ func retried(t testing.TB, limit time.Duration, args []string, try func() (resul
 	r, hung := try()
 	// A crash of the emulated CPU shows as a triple fault, or as a reset
 	// (the kernel's panic=-1 reboot) before the command reported; the
-	// nested L1 guest itself can lock up too (exit 122).
+	// nested L1 guest itself can lock up too (exit 122), or die.
 	out := r.stdout + r.stderr
 	crashed := r.code == 123 && (strings.Contains(out, "triple-faulted") || strings.Contains(out, "ended (reset"))
 	stuck := r.code == 122 && strings.Contains(out, "stopped responding")
-	if hung || crashed || stuck {
+	// The L1 guest has also died outright, without a word on its console
+	// (README, known issues): ember says so and exits 125.
+	died := r.code == 125 && strings.Contains(out, "the L1 guest failed (ended without reporting")
+	if hung || crashed || stuck || died {
 		what := "was still running after " + limit.String()
 		switch {
 		case crashed:
 			what = "ended with a crash (" + crashLine(out) + ")"
 		case stuck:
 			what = "lost its nested L1 guest (exit 122)"
+		case died:
+			what = "lost its nested L1 guest, which ended without a status"
 		}
 		t.Logf("RETRY: ember %s %s (stopped at %s); running it once more\nstdout:\n%s\nstderr:\n%s",
 			strings.Join(args, " "), what, stoppedAt(r.stdout), clip(r.stdout), clip(r.stderr))
