@@ -109,6 +109,9 @@ func Main(args []string, stderr io.Writer) int {
 	fs.BoolVar(&s.Relayed, "relayed", false, "the console is relayed by another ember, with the terminal's size in band")
 	fs.SetOutput(stderr)
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return ExitError
 	}
 	fail := func(err error) int {

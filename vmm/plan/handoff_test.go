@@ -64,3 +64,10 @@ func TestMainRefusesBadInput(t *testing.T) {
 		})
 	}
 }
+
+func TestMainHelp(t *testing.T) {
+	var stderr bytes.Buffer
+	if got := Main([]string{"-h"}, &stderr); got != 0 || !strings.Contains(stderr.String(), "-plan-fd") {
+		t.Fatalf("-h: status %d, stderr %q", got, stderr.String())
+	}
+}
