@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ember-vmm/ember/vmm/bus"
 	"io"
 	"maps"
 	"runtime"
@@ -13,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ember-vmm/ember/vmm/bus"
 	"github.com/ember-vmm/ember/vmm/kvm"
 	"golang.org/x/sys/unix"
 )

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"github.com/ember-vmm/ember/vmm/plan"
 	"io"
 	"log/slog"
 	"os"
@@ -10,6 +9,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+
+	"github.com/ember-vmm/ember/vmm/plan"
 )
 
 type globals struct {

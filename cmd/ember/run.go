@@ -2,13 +2,13 @@ package main
 
 import (
 	"fmt"
-	"github.com/ember-vmm/ember/vmm/plan"
 	"os"
 	"time"
 
 	"github.com/ember-vmm/ember/configs"
 	"github.com/ember-vmm/ember/images"
 	"github.com/ember-vmm/ember/vmm/launch"
+	"github.com/ember-vmm/ember/vmm/plan"
 	"github.com/spf13/cobra"
 )
 

@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/ember-vmm/ember/vmm/plan"
 	"io"
 	"log/slog"
 	"os"
@@ -28,6 +27,7 @@ import (
 	"github.com/ember-vmm/ember/images"
 	"github.com/ember-vmm/ember/vmm"
 	"github.com/ember-vmm/ember/vmm/nested"
+	"github.com/ember-vmm/ember/vmm/plan"
 	"github.com/ember-vmm/ember/vmm/tap"
 )
 

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/ember-vmm/ember/vmm/plan"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"github.com/ember-vmm/ember/images"
 	"github.com/ember-vmm/ember/vmm"
 	"github.com/ember-vmm/ember/vmm/hostio"
+	"github.com/ember-vmm/ember/vmm/plan"
 )
 
 // Results of an `ember test` target.

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"encoding/xml"
 	"errors"
-	"github.com/ember-vmm/ember/vmm/plan"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ember-vmm/ember/vmm"
+	"github.com/ember-vmm/ember/vmm/plan"
 )
 
 func TestClassify(t *testing.T) {
