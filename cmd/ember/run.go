@@ -148,14 +148,7 @@ func runVM(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 	}
 	s := session(g, f, interactive, true)
 	if pr.Accel == launch.AccelKVM {
-		// The VM runs in ember-vmm, which links only the VMM: this
-		// process's config parser, image builder and CLI do not stay
-		// resident beside the guest.
-		vmm, err := plan.VMMBinary()
-		if err == nil {
-			return plan.Handoff(vmm, pr.Plan, s, g.logLevel)
-		}
-		g.log.Info("running the VM in this process", "reason", err)
+		return runPlan(cmd, g, s, pr.Plan)
 	}
 	return serve(s, func(po plan.Options) (*plan.Report, error) {
 		o.Stdin, o.Terminal, o.CommandStdin, o.Stdout, o.Stderr = po.Stdin, po.Terminal, po.CommandStdin, po.Stdout, po.Stderr
@@ -163,6 +156,21 @@ func runVM(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 	})
 }
 
+// runPlan runs a resolved VM on KVM in ember-vmm, which links only the
+// VMM, so this process's config parser, image builder and CLI do not stay
+// resident beside the guest; without an ember-vmm beside ember, here.
+func runPlan(cmd *cobra.Command, g *globals, s plan.Session, p *plan.Plan) error {
+	vmm, err := plan.VMMBinary()
+	if err == nil {
+		return plan.Handoff(vmm, p, s, g.logLevel)
+	}
+	g.log.Info("running the VM in this process", "reason", err)
+	return serve(s, func(o plan.Options) (*plan.Report, error) {
+		return plan.Run(cmd.Context(), p, o)
+	})
+}
+
+// session is how a run of this command line meets its caller.
 func session(g *globals, f *runFlags, interactive, announce bool) plan.Session {
 	return plan.Session{Interactive: interactive, JSON: f.json, ResultFile: f.resultFile, Announce: announce,
 		KVMPath: f.kvmPath, Log: g.log, Started: g.started}
@@ -181,6 +189,8 @@ func serve(s plan.Session, run func(plan.Options) (*plan.Report, error)) error {
 	return nil
 }
 
+// newRunPlanCmd is how ember runs itself inside a nested L1 guest: the
+// outer ember resolved and checked the VM and passes it as a plan file.
 func newRunPlanCmd(g *globals) *cobra.Command {
 	f := &runFlags{}
 	cmd := &cobra.Command{
@@ -195,12 +205,7 @@ func newRunPlanCmd(g *globals) *cobra.Command {
 			}
 			s := session(g, f, p.Interactive, false)
 			s.Relayed = true
-			if vmm, err := plan.VMMBinary(); err == nil {
-				return plan.Handoff(vmm, p, s, g.logLevel)
-			}
-			return serve(s, func(o plan.Options) (*plan.Report, error) {
-				return plan.Run(cmd.Context(), p, o)
-			})
+			return runPlan(cmd, g, s, p)
 		},
 	}
 	addHiddenRunFlags(cmd, f)
@@ -220,6 +225,7 @@ func readPlan(path string) (*plan.Plan, error) {
 	return p, nil
 }
 
+// applyFlags overrides config values with the flags the user set.
 func applyFlags(cmd *cobra.Command, cfg *configs.VM, f *runFlags) error {
 	fl := cmd.Flags()
 	if fl.Changed("kernel") {

@@ -124,15 +124,8 @@ func (pr *Prepared) Run(ctx context.Context, o Options) (*plan.Report, error) {
 		defer cancel()
 	}
 	pr.Plan.SizeFrom(o.Terminal)
-	var in *plan.ConsoleInput
-	if pr.Plan.Interactive && o.Stdin != nil {
-		in = plan.NewConsoleInput(o.Stdin)
-		defer in.Close()
-		if o.Terminal != nil {
-			stop := plan.WatchResize(o.Terminal, in)
-			defer stop()
-		}
-	}
+	in, done := plan.OpenInput(pr.Plan, o.Stdin, o.Terminal)
+	defer done()
 	return runNested(ctx, pr.cache, o, pr.Plan, in)
 }
 

@@ -103,8 +103,8 @@ type Report struct {
 }
 
 // Plan is a fully resolved VM: files instead of "debian:" names, the
-// command chosen. The nested path hands it to the ember inside L1 as data
-// (RunPlan), so both sides run the same machine.
+// command chosen. ember hands it to ember-vmm, and the nested path to the
+// ember inside L1, as data, so every side runs the same machine.
 type Plan struct {
 	Kernel      string    `json:"kernel"`
 	Initrd      string    `json:"initrd,omitempty"`
@@ -130,8 +130,8 @@ type Plan struct {
 	Shares []vfs.Options `json:"shares,omitempty"`
 	// Shares9P are the virtio-9p devices.
 	Shares9P []ninep.Options `json:"shares_9p,omitempty"`
-	// Timeout, when set, bounds RunPlan's run (the targets of `ember
-	// test`; a single run is bounded by its caller).
+	// Timeout, when set, bounds Run (a run on KVM, the targets of `ember
+	// test`; a nested run is bounded by its caller as a whole).
 	Timeout time.Duration `json:"timeout,omitempty"`
 	// ConsoleLog is Options.ConsoleLog, absolute; appended to, not
 	// truncated, with ConsoleAppend (the inner ember of a nested run
@@ -148,12 +148,19 @@ type Plan struct {
 // Millis is d in milliseconds, as the reports give times.
 func Millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// input is the console input of an interactive plan, or nil.
-func (o Options) input(p *Plan) *ConsoleInput {
-	if !p.Interactive || o.Stdin == nil {
-		return nil
+// OpenInput is the console input of an interactive plan read from stdin,
+// with the terminal's resizes sent in band when term is set; nil when the
+// plan is not interactive or there is no stdin. done closes it.
+func OpenInput(p *Plan, stdin io.ReadCloser, term *os.File) (in *ConsoleInput, done func()) {
+	if !p.Interactive || stdin == nil {
+		return nil, func() {}
 	}
-	return NewConsoleInput(o.Stdin)
+	in = NewConsoleInput(stdin)
+	if term == nil {
+		return in, func() { in.Close() }
+	}
+	stop := WatchResize(term, in)
+	return in, func() { stop(); in.Close() }
 }
 
 // Run runs a resolved plan on KVM and waits for the VM to end. The error
@@ -187,18 +194,12 @@ func Run(ctx context.Context, p *Plan, o Options) (*Report, error) {
 		defer ln.Close()
 		p.Vsock.Listener, p.Vsock.Dial = ln, dial
 	}
-	in := o.input(p)
-	if in != nil {
-		defer in.Close()
-		if o.Terminal != nil {
-			stop := WatchResize(o.Terminal, in)
-			defer stop()
-		}
-	}
+	in, done := OpenInput(p, o.Stdin, o.Terminal)
+	defer done()
 	return runKVM(ctx, o, p, k, extra, in)
 }
 
-// check opens the kernel once and checks the whole machine without KVM:
+// Check opens the kernel once and checks the whole machine without KVM:
 // the kernel's headers, that kernel, initrd and command line fit in RAM.
 func (p *Plan) Check() (*boot.Kernel, []byte, error) {
 	extra, err := proto.Archive(p.Run)

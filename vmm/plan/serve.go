@@ -47,6 +47,7 @@ func (s Session) Serve(run func(Options) (*Report, error)) (int, error) {
 	}
 	o := Options{KVMPath: s.KVMPath, Stdout: stdout, Stderr: os.Stderr, Log: s.Log, Started: s.Started, pre: s.pre}
 	if !s.Interactive && !isTerminal(os.Stdin) {
+		// The command reads ember's stdin; a terminal stays ember's.
 		in := hostio.NewInput(os.Stdin)
 		defer in.Close()
 		o.CommandStdin = in
