@@ -97,6 +97,9 @@ type Net struct {
 	Tap    string  `json:"tap,omitempty"`
 	Bridge string  `json:"bridge,omitempty"`
 	MAC    [6]byte `json:"mac"`
+	// FD is the tap's open descriptor, inherited from the front end
+	// that opened it (netsetup.OpenTap); the machine owns it from New.
+	FD int `json:"fd,omitempty"`
 }
 
 // Log limits for whatever a guest can make ember log: per device, burst

@@ -77,7 +77,10 @@ func (m *Machine) openVirtio() error {
 		add(d, d.Close)
 	}
 	for i, n := range m.cfg.Nets {
-		t, err := tap.Open(n.Tap, n.Bridge)
+		if n.FD <= 2 {
+			return fmt.Errorf("net %d: no open tap descriptor (taps are opened before the VMM runs)", i)
+		}
+		t, err := tap.New(n.FD)
 		if err != nil {
 			return fmt.Errorf("net %d: %w", i, err)
 		}

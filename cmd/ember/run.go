@@ -160,6 +160,9 @@ func runVM(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {
 // VMM, so this process's config parser, image builder and CLI do not stay
 // resident beside the guest; without an ember-vmm beside ember, here.
 func runPlan(cmd *cobra.Command, g *globals, s plan.Session, p *plan.Plan) error {
+	if err := launch.OpenNetwork(p); err != nil {
+		return err
+	}
 	vmm, err := plan.VMMBinary()
 	if err == nil {
 		return plan.Handoff(vmm, p, s, g.logLevel)

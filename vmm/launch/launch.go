@@ -27,8 +27,9 @@ import (
 	"github.com/ember-vmm/ember/images"
 	"github.com/ember-vmm/ember/vmm"
 	"github.com/ember-vmm/ember/vmm/nested"
+	"github.com/ember-vmm/ember/vmm/netsetup"
 	"github.com/ember-vmm/ember/vmm/plan"
-	"github.com/ember-vmm/ember/vmm/tap"
+	"golang.org/x/sys/unix"
 )
 
 // Options are the inputs of Run.
@@ -116,6 +117,9 @@ func Prepare(ctx context.Context, o Options) (*Prepared, error) {
 func (pr *Prepared) Run(ctx context.Context, o Options) (*plan.Report, error) {
 	o = withLog(o)
 	if pr.Accel != AccelNested {
+		if err := OpenNetwork(pr.Plan); err != nil {
+			return nil, err
+		}
 		return plan.Run(ctx, pr.Plan, o.PlanOptions())
 	}
 	if t := time.Duration(o.Config.Run.Timeout); t > 0 {
@@ -600,6 +604,35 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, p *plan.Plan
 	return rep, nil
 }
 
+// OpenNetwork makes the host side of p's network ready in this process,
+// before the VMM runs: L1's relay NIC and bridges when p runs inside L1,
+// then a tap per interface, whose descriptor goes into the plan for the
+// VMM to inherit. A tap ember created disappears with its last
+// descriptor, so a run that fails leaves none behind.
+func OpenNetwork(p *plan.Plan) error {
+	if p.L1Net != nil {
+		if err := netsetup.SetupL1(p.L1Net); err != nil {
+			return err
+		}
+		p.L1Net = nil
+	}
+	for i := range p.Nets {
+		n := &p.Nets[i]
+		if n.FD > 0 {
+			continue
+		}
+		fd, name, err := netsetup.OpenTap(n.Tap, n.Bridge)
+		if err != nil {
+			for _, m := range p.Nets[:i] {
+				_ = unix.Close(m.FD)
+			}
+			return fmt.Errorf("net %d: %w", i, err)
+		}
+		n.FD, n.Tap = fd, name
+	}
+	return nil
+}
+
 // nestedNetwork sets up, on this host, what the plan's network devices
 // need when the VM runs inside L1: the vsock socket with its relay into
 // L1, and the taps (created or attached here, as without nesting), which
@@ -628,14 +661,15 @@ func nestedNetwork(p *plan.Plan, log *slog.Logger) (inner *plan.Plan, no nested.
 	}
 	inner.Nets = nil
 	for i, n := range p.Nets {
-		t, err := tap.Open(n.Tap, n.Bridge)
+		fd, _, err := netsetup.OpenTap(n.Tap, n.Bridge)
 		if err != nil {
 			closeNet()
 			return nil, no, nil, fmt.Errorf("net %d: %w", i, err)
 		}
-		closers = append(closers, t.Close)
+		f := os.NewFile(uintptr(fd), "tap")
+		closers = append(closers, f.Close)
 		mac := nested.RandomMAC()
-		no.Taps = append(no.Taps, nested.TapNIC{File: t.File(), MAC: mac})
+		no.Taps = append(no.Taps, nested.TapNIC{File: f, MAC: mac})
 		l1.Bridges = append(l1.Bridges, nested.L1Bridge{NIC: mac.String(), Name: nested.BridgeName(i)})
 		inner.Nets = append(inner.Nets, vmm.Net{Bridge: nested.BridgeName(i), MAC: n.MAC})
 	}

@@ -2,7 +2,6 @@ package nested
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
@@ -10,12 +9,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/ember-vmm/ember/devices/virtio/rng"
 	"github.com/ember-vmm/ember/devices/virtio/vsock"
 )
 
@@ -27,7 +28,8 @@ import (
 // every local user (a unix socket has permissions), so each connection
 // starts with a secret only the two ember processes know.
 const (
-	relayL1Addr  = "10.0.2.15"
+	// RelayL1Addr is L1's address on the relay NIC.
+	RelayL1Addr  = "10.0.2.15"
 	relayGateway = "10.0.2.2"
 	relayL1Port  = 7000
 	relayMagic   = "EMBER-RELAY"
@@ -64,7 +66,7 @@ type HostRelay struct {
 // port for L1's connections; Close removes the socket.
 func StartHostRelay(uds string, log *slog.Logger) (*HostRelay, error) {
 	var tok [16]byte
-	_, _ = rand.Read(tok[:])
+	_, _ = io.ReadFull(rng.Source, tok[:])
 	h := &HostRelay{uds: uds, token: hex.EncodeToString(tok[:]), log: log, conns: map[net.Conn]bool{}}
 	var err error
 	if h.ln, err = vsock.ListenUDS(uds); err != nil {
@@ -91,13 +93,13 @@ func StartHostRelay(uds string, log *slog.Logger) (*HostRelay, error) {
 
 // Inner is the L1 end's configuration.
 func (h *HostRelay) Inner() VsockRelay {
-	return VsockRelay{Token: h.token, Listen: net.JoinHostPort(relayL1Addr, strconv.Itoa(relayL1Port)),
+	return VsockRelay{Token: h.token, Listen: net.JoinHostPort(RelayL1Addr, strconv.Itoa(relayL1Port)),
 		Dial: net.JoinHostPort(relayGateway, strconv.Itoa(h.back.Addr().(*net.TCPAddr).Port))}
 }
 
 // hostFwd is QEMU's hostfwd rule for the forward into L1.
 func (h *HostRelay) hostFwd() string {
-	return fmt.Sprintf("tcp:127.0.0.1:%d-%s:%d", h.fwdPort, relayL1Addr, relayL1Port)
+	return fmt.Sprintf("tcp:127.0.0.1:%d-%s:%d", h.fwdPort, RelayL1Addr, relayL1Port)
 }
 
 // Close stops both listeners, ends every relayed connection and removes
@@ -266,7 +268,14 @@ func readLine(c net.Conn) string {
 // Vsock returns the L1 end as the device's host side: a listener for
 // host-initiated connections and a dialer for guest-initiated ones.
 func (r VsockRelay) Vsock() (vsock.Listener, func(ctx context.Context, port uint32) (net.Conn, error), error) {
-	ln, err := net.Listen("tcp", r.Listen)
+	// Addresses are parsed, not resolved: the VMM process that runs this
+	// links no DNS resolver.
+	la, err1 := netip.ParseAddrPort(r.Listen)
+	da, err2 := netip.ParseAddrPort(r.Dial)
+	if err := errors.Join(err1, err2); err != nil {
+		return nil, nil, fmt.Errorf("vsock relay in L1: %w", err)
+	}
+	ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(la))
 	if err != nil {
 		return nil, nil, fmt.Errorf("vsock relay in L1: %w", err)
 	}
@@ -274,7 +283,7 @@ func (r VsockRelay) Vsock() (vsock.Listener, func(ctx context.Context, port uint
 	go l.serve()
 	dial := func(ctx context.Context, port uint32) (net.Conn, error) {
 		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", r.Dial)
+		c, err := d.DialTCP(ctx, "tcp", netip.AddrPort{}, da)
 		if err != nil {
 			return nil, err
 		}

@@ -86,6 +86,13 @@ func Handoff(exe string, p *Plan, s Session, logLevel string) error {
 		// pages needs it off.
 		_ = unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0)
 	}
+	// The taps the front end opened pass to ember-vmm by number.
+	for _, n := range p.Nets {
+		if _, err := unix.FcntlInt(uintptr(n.FD), unix.F_SETFD, 0); err != nil {
+			f.Close()
+			return fmt.Errorf("tap %s: %w", n.Tap, err)
+		}
+	}
 	err = syscall.Exec(exe, args, os.Environ())
 	f.Close()
 	return fmt.Errorf("exec %s: %w", exe, err)

@@ -7,6 +7,7 @@ package plan
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -140,7 +141,7 @@ type Plan struct {
 	ConsoleAppend bool   `json:"console_append,omitempty"`
 	// VsockRelay and L1Net are set in the plan of an inner ember: its
 	// vsock device's host side is the relay to the host's socket, and
-	// L1's NICs are set up before the VM starts.
+	// L1's NICs are set up (launch.OpenNetwork) before the VMM runs.
 	VsockRelay *nested.VsockRelay `json:"vsock_relay,omitempty"`
 	L1Net      *nested.L1Network  `json:"l1_net,omitempty"`
 }
@@ -182,9 +183,7 @@ func Run(ctx context.Context, p *Plan, o Options) (*Report, error) {
 		defer cancel()
 	}
 	if p.L1Net != nil {
-		if err := p.L1Net.Setup(); err != nil {
-			return nil, err
-		}
+		return nil, errors.New("plan: L1's network is not set up (the front end sets it up before the VMM runs)")
 	}
 	if r := p.VsockRelay; r != nil && p.Vsock != nil {
 		ln, dial, err := r.Vsock()

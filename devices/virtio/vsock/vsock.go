@@ -221,8 +221,10 @@ func ListenUDS(path string) (*net.UnixListener, error) {
 
 // DialUDS connects to the host listener for port: <path>_<port>.
 func DialUDS(ctx context.Context, path string, port uint32) (net.Conn, error) {
+	// DialUnix, not DialContext: a unix address needs no resolver, and
+	// the VMM then links none.
 	var dl net.Dialer
-	return dl.DialContext(ctx, "unix", path+"_"+strconv.FormatUint(uint64(port), 10))
+	return dl.DialUnix(ctx, "unix", nil, &net.UnixAddr{Name: path + "_" + strconv.FormatUint(uint64(port), 10), Net: "unix"})
 }
 
 // Close stops listening and removes the socket file.

@@ -1,10 +1,12 @@
-package tap
+package netsetup
 
 import (
 	"os"
 	"testing"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/ember-vmm/ember/vmm/tap"
 )
 
 // Creating taps needs CAP_NET_ADMIN; where the test cannot, it says so.
@@ -12,12 +14,19 @@ func TestCreateAndRemove(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("SKIP: creating a tap needs root")
 	}
-	tp, err := Open("embertest0", "")
+	fd, name, err := OpenTap("embertest0", "")
 	if err != nil {
 		t.Skipf("SKIP: no tap here: %v", err)
 	}
-	if tp.Name() != "embertest0" {
-		t.Fatalf("name %q", tp.Name())
+	if name != "embertest0" {
+		t.Fatalf("name %q", name)
+	}
+	tp, err := tap.New(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tp.Name() != name {
+		t.Fatalf("tap.New: name %q, want %q", tp.Name(), name)
 	}
 	if err := tp.SetOffload(true, true, false); err != nil {
 		t.Fatal(err)
@@ -33,7 +42,20 @@ func TestCreateAndRemove(t *testing.T) {
 }
 
 func TestNotATap(t *testing.T) {
-	if _, err := Open("lo", ""); err == nil {
+	if _, _, err := OpenTap("lo", ""); err == nil {
 		t.Fatal("attached to lo")
+	}
+}
+
+// The VMM takes a descriptor from its plan: one that is not a tap is
+// refused, not served.
+func TestNewRefusesOtherDescriptors(t *testing.T) {
+	f, err := os.Open("/dev/null")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := tap.New(int(f.Fd())); err == nil {
+		t.Fatal("tap.New took /dev/null")
 	}
 }
