@@ -31,6 +31,11 @@ func TestVMDefaultBoot(t *testing.T) {
 	if b, _ := rep["boot_ms"].(float64); b <= 0 {
 		t.Fatalf("boot_ms = %v, want > 0 (the guest init's mark never arrived)", rep["boot_ms"])
 	}
+	// The VMM's memory beyond guest RAM: a few MiB, never the guest's
+	// 512 MiB mistaken for its own.
+	if o, _ := rep["vmm_overhead_mib"].(float64); o <= 0 || o > 64 {
+		t.Fatalf("vmm_overhead_mib = %v, want a few MiB", rep["vmm_overhead_mib"])
+	}
 }
 
 func TestVMExitStatus(t *testing.T) {

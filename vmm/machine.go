@@ -470,6 +470,21 @@ func (m *Machine) stopped() bool {
 	}
 }
 
+// IsGuestRAM says whether the host mapping [lo, hi) overlaps guest RAM,
+// to tell the VMM's own memory from its guest's.
+func (m *Machine) IsGuestRAM(lo, hi uint64, _ bool) bool {
+	if m.mem == nil {
+		return false
+	}
+	for _, r := range m.mem.Regions() {
+		a := uint64(r.HostAddr())
+		if lo < a+r.Size() && a < hi {
+			return true
+		}
+	}
+	return false
+}
+
 // Close releases every resource. It stops and waits for a Run in progress
 // first, so nothing touches a vCPU's run area or an eventfd after they are
 // released, and returns the errors it met. It is idempotent.

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/ember-vmm/ember/images"
+	"github.com/ember-vmm/ember/vmm/plan"
 )
 
 // Options describe one bench run on this host.
@@ -402,7 +403,12 @@ func once(ctx context.Context, c *contender, limit time.Duration) (Sample, error
 					r.ReadyMS = ms(time.Since(start))
 					// Sampled while the contender still runs: the VM is
 					// about to power off, the container to exit.
-					r.RSSMiB, r.OverheadMiB, r.PrivateMiB = sampleMemory(cmd.Process.Pid, c.guestRAM)
+					var guest plan.GuestFunc
+					if c.guestRAM > 0 {
+						guest = plan.GuestBySize(c.guestRAM)
+					}
+					m, _ := plan.ReadMemory(fmt.Sprintf("/proc/%d/smaps", cmd.Process.Pid), guest)
+					r.RSSMiB, r.OverheadMiB, r.PrivateMiB = m.RSS, m.Overhead, m.Private
 					close(seen)
 				})
 			}

@@ -33,34 +33,6 @@ func TestSummarize(t *testing.T) {
 	}
 }
 
-func TestParseSmaps(t *testing.T) {
-	const ram = 512 << 20
-	smaps := `00400000-00a00000 r-xp 00000000 08:01 123 /usr/bin/ember
-Rss:                4000 kB
-Private_Clean:       100 kB
-Private_Dirty:         0 kB
-7f0000000000-7f0020000000 rw-p 00000000 00:00 0 
-Rss:               30000 kB
-Private_Clean:         0 kB
-Private_Dirty:     30000 kB
-7f0020000000-7f0020100000 rw-p 00000000 00:00 0 
-Rss:                 800 kB
-Private_Dirty:       800 kB
-7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
-Rss:                  12 kB
-Private_Dirty:        12 kB
-`
-	got := parseSmaps([]byte(smaps), ram)
-	want := smapsTotals{rss: 34812, private: 30912, guestRSS: 30000, guestPrivate: 30000}
-	if got != want {
-		t.Fatalf("parseSmaps = %+v, want %+v", got, want)
-	}
-	// Without guest RAM nothing is set apart.
-	if g := parseSmaps([]byte(smaps), 0); g.guestRSS != 0 || g.rss != want.rss {
-		t.Fatalf("no guest RAM: %+v", g)
-	}
-}
-
 func TestIsMarker(t *testing.T) {
 	for line, want := range map[string]bool{
 		images.NeutralMarker:                      true,

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -98,6 +99,11 @@ type Report struct {
 	Unclaimed      uint64                       `json:"unclaimed_accesses,omitempty"`
 	ConsoleDropped uint64                       `json:"console_dropped_bytes,omitempty"`
 	L1BootMS       float64                      `json:"l1_boot_ms,omitempty"`
+	// OverheadMiB and PrivateMiB are the resident memory of the process
+	// that held the VM beyond guest RAM, and its private part, at the
+	// guest's end (Firecracker's VMM overhead).
+	OverheadMiB float64 `json:"vmm_overhead_mib,omitempty"`
+	PrivateMiB  float64 `json:"vmm_private_mib,omitempty"`
 	// Phases are the run's timeline, from the process start to the VM
 	// torn down, with the VM exits taken in each.
 	Phases []Phase `json:"phases,omitempty"`
@@ -145,6 +151,9 @@ type Plan struct {
 	VsockRelay *nested.VsockRelay `json:"vsock_relay,omitempty"`
 	L1Net      *nested.L1Network  `json:"l1_net,omitempty"`
 }
+
+// round1 rounds to a tenth, as the reports give MiB.
+func round1(x float64) float64 { return math.Round(x*10) / 10 }
 
 // Millis is d in milliseconds, as the reports give times.
 func Millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -260,6 +269,11 @@ func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byt
 	}
 	for _, ip := range res.StoppedAt {
 		rep.StoppedAt = append(rep.StoppedAt, fmt.Sprintf("%#x", ip))
+	}
+	// Sampled after the guest's end and before teardown, so it holds
+	// all the run made resident.
+	if mem, err := ReadMemory("/proc/self/smaps", m.IsGuestRAM); err == nil {
+		rep.OverheadMiB, rep.PrivateMiB = round1(mem.Overhead), round1(mem.Private)
 	}
 	// Tearing down is the last phase.
 	_ = m.Close()
