@@ -66,7 +66,7 @@ func (c *Cache) MinimalKernel() (string, error) {
 
 // BuildMinimal builds the minimal kernel from Debian's kernel source, once
 // per cache: tinyconfig, then minimal.config merged over it, every option
-// it sets to y checked, then bzImage with all CPUs. Missing packages are
+// it sets to y or leaves out checked, then bzImage with all CPUs. Missing packages are
 // installed with apt-get when running as root; otherwise the error says
 // which. It returns the bzImage.
 func (c *Cache) BuildMinimal(ctx context.Context) (string, error) {
@@ -140,7 +140,7 @@ func (c *Cache) BuildMinimal(ctx context.Context) (string, error) {
 		return "", err
 	}
 	if missing := missingOptions(minimalFragment, string(cfg)); len(missing) > 0 {
-		return "", fmt.Errorf("minimal kernel: the configuration could not enable %s (their dependencies are not met)", strings.Join(missing, ", "))
+		return "", fmt.Errorf("minimal kernel: the configuration does not follow images/minimal.config for %s (dependencies unmet, or selected by another option)", strings.Join(missing, ", "))
 	}
 	jobs := fmt.Sprintf("-j%d", runtime.NumCPU())
 	if err := mk(fmt.Sprintf("building the minimal kernel (%s; a few minutes per core; log in %s)", jobs, logPath), jobs, "bzImage"); err != nil {
@@ -197,12 +197,13 @@ func (c *Cache) minimalPrerequisites(ctx context.Context) error {
 	})
 }
 
-// missingOptions are the options frag sets to y that cfg does not have.
+// missingOptions are the options frag sets to y that cfg does not have,
+// and those it leaves out ("# CONFIG_X is not set") that cfg still has.
 func missingOptions(frag, cfg string) []string {
 	have := map[string]bool{}
 	for _, l := range strings.Split(cfg, "\n") {
-		if strings.HasSuffix(l, "=y") {
-			have[strings.TrimSuffix(l, "=y")] = true
+		if name, v, ok := strings.Cut(l, "="); ok && strings.HasPrefix(name, "CONFIG_") && (v == "y" || v == "m") {
+			have[name] = true
 		}
 	}
 	var missing []string
@@ -210,6 +211,9 @@ func missingOptions(frag, cfg string) []string {
 		l = strings.TrimSpace(l)
 		if name, ok := strings.CutSuffix(l, "=y"); ok && strings.HasPrefix(name, "CONFIG_") && !have[name] {
 			missing = append(missing, name)
+		}
+		if name, ok := strings.CutSuffix(strings.TrimPrefix(l, "# "), " is not set"); ok && strings.HasPrefix(name, "CONFIG_") && have[name] {
+			missing = append(missing, "no "+name)
 		}
 	}
 	return missing

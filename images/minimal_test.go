@@ -9,9 +9,9 @@ import (
 )
 
 func TestMissingOptions(t *testing.T) {
-	frag := "# c\nCONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_D=m\n"
-	cfg := "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_BB=y\n"
-	if got := missingOptions(frag, cfg); strings.Join(got, ",") != "CONFIG_B" {
+	frag := "# c\nCONFIG_A=y\nCONFIG_B=y\n# CONFIG_C is not set\nCONFIG_D=m\n# CONFIG_E is not set\n"
+	cfg := "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_BB=y\nCONFIG_E=y\n"
+	if got := missingOptions(frag, cfg); strings.Join(got, ",") != "CONFIG_B,no CONFIG_E" {
 		t.Fatalf("missingOptions = %v", got)
 	}
 }
@@ -22,7 +22,7 @@ func TestMinimalFragment(t *testing.T) {
 	for _, want := range []string{"CONFIG_VIRTIO_MMIO=y", "CONFIG_VIRTIO_BLK=y", "CONFIG_VIRTIO_NET=y", "CONFIG_VIRTIO_VSOCKETS=y",
 		"CONFIG_HW_RANDOM_VIRTIO=y", "CONFIG_VIRTIO_CONSOLE=y", "CONFIG_VIRTIO_FS=y", "CONFIG_9P_FS=y", "CONFIG_NET_9P_VIRTIO=y",
 		"CONFIG_SERIAL_8250_CONSOLE=y", "CONFIG_X86_IOPL_IOPERM=y", "CONFIG_ACPI=y", "CONFIG_PVH=y", "CONFIG_EXT4_FS=y", "CONFIG_TMPFS=y", "CONFIG_DEVTMPFS=y",
-		"# CONFIG_MODULES is not set"} {
+		"# CONFIG_MODULES is not set", "# CONFIG_LEGACY_PTYS is not set"} {
 		if !strings.Contains(minimalFragment, want+"\n") {
 			t.Errorf("minimal.config lacks %q", want)
 		}

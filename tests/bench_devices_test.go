@@ -108,11 +108,6 @@ func runDevBench(b *testing.B, cmd *exec.Cmd, ln net.Listener) devBench {
 	return r
 }
 
-// BenchmarkVMDevices compares ember's virtio-blk and virtio-net with QEMU
-// microvm's (virtio-mmio, userspace virtio-net without vhost) on the same
-// kernel, initramfs, command line, guest program, disk image and tap: disk
-// throughput and IOPS with direct I/O, TCP throughput from guest to host,
-// and VM exits per MiB moved.
 // benchQEMU is the QEMU that device benchmarks compare ember with; they
 // run where KVM is usable.
 func benchQEMU(b *testing.B) string {
@@ -127,6 +122,11 @@ func benchQEMU(b *testing.B) string {
 	return qemu
 }
 
+// BenchmarkVMDevices compares ember's virtio-blk and virtio-net with QEMU
+// microvm's (virtio-mmio, userspace virtio-net without vhost) on the same
+// kernel, initramfs, command line, guest program, disk image and tap: disk
+// throughput and IOPS with direct I/O, TCP throughput from guest to host,
+// and VM exits per MiB moved.
 func BenchmarkVMDevices(b *testing.B) {
 	qemu := benchQEMU(b)
 	if _, err := os.Stat("/sys/kernel/debug/kvm"); err != nil {
