@@ -474,12 +474,13 @@ func qemuArgs(o Options, initrd, ioDir, heartbeat string, debug bool) []string {
 	if debug {
 		cmdline = "console=ttyS0 loglevel=7 panic=-1"
 	}
-	// kvm-amd's virtual GIF and virtual VMLOAD/VMSAVE only help a guest
-	// that runs guests of its own, which the inner VM never does; left
-	// on, every world switch goes through more of the emulator's SVM
-	// code, where the inner guests' intermittent hangs and crashes
-	// (README, known issues) may come from.
-	cmdline += " kvm_amd.vgif=0 kvm_amd.vls=0"
+	// kvm-amd without nested paging: L1 shadows the inner guest's page
+	// tables itself instead of relying on the emulator's NPT, under which
+	// heavy guest I/O triple-faulted or hung the inner guests (README,
+	// known issues); boot time is the same. Virtual GIF and virtual
+	// VMLOAD/VMSAVE only help a guest that runs guests of its own, which
+	// the inner VM never does.
+	cmdline += " kvm_amd.npt=0 kvm_amd.vgif=0 kvm_amd.vls=0"
 	a := []string{
 		"-accel", "tcg,thread=multi", "-cpu", "max",
 		"-smp", strconv.Itoa(o.CPUs), "-m", strconv.Itoa(o.MemoryMiB),
