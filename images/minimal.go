@@ -66,9 +66,9 @@ func (c *Cache) MinimalKernel() (string, error) {
 
 // BuildMinimal builds the minimal kernel from Debian's kernel source, once
 // per cache: tinyconfig, then minimal.config merged over it, every option
-// it sets to y or leaves out checked, then bzImage with all CPUs. Missing packages are
-// installed with apt-get when running as root; otherwise the error says
-// which. It returns the bzImage.
+// it sets to y or leaves out checked, then bzImage with all CPUs. Missing
+// packages are installed with apt-get when running as root; otherwise the
+// error says which. It returns the bzImage.
 func (c *Cache) BuildMinimal(ctx context.Context) (string, error) {
 	if p, err := c.MinimalKernel(); err == nil {
 		return p, nil

@@ -618,9 +618,6 @@ func OpenNetwork(p *plan.Plan) error {
 	}
 	for i := range p.Nets {
 		n := &p.Nets[i]
-		if n.FD > 0 {
-			continue
-		}
 		fd, name, err := netsetup.OpenTap(n.Tap, n.Bridge)
 		if err != nil {
 			for _, m := range p.Nets[:i] {

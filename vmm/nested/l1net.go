@@ -17,8 +17,8 @@ type TapNIC struct {
 }
 
 // L1Network is the network the inner ember sets up in L1 before its VM
-// starts (netsetup.SetupL1): the relay NIC's address, and per host tap a bridge joining
-// L1's NIC on that tap with the inner VM's tap.
+// starts (netsetup.SetupL1): the relay NIC's address, and per host tap a
+// bridge joining L1's NIC on that tap with the inner VM's tap.
 type L1Network struct {
 	RelayMAC string     `json:"relay_mac,omitempty"`
 	Bridges  []L1Bridge `json:"bridges,omitempty"`
