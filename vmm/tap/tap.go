@@ -8,6 +8,7 @@ package tap
 import (
 	"fmt"
 	"os"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -16,7 +17,14 @@ import (
 // Tap is an open TAP device.
 type Tap struct {
 	f    *os.File
+	rc   syscall.RawConn
 	name string
+	// One writer at a time (the transmit worker): the arguments and
+	// results of writev, kept here so a packet allocates nothing.
+	wsegs [][]byte
+	wn    int
+	werr  error
+	write func(fd uintptr) bool
 }
 
 // wantFlags are the flags a descriptor must carry to serve virtio-net.
@@ -40,7 +48,15 @@ func New(fd int) (*Tap, error) {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		return nil, fmt.Errorf("tap %s: %w", ifr.Name(), err)
 	}
-	return &Tap{f: os.NewFile(uintptr(fd), "tap"), name: ifr.Name()}, nil
+	t := &Tap{f: os.NewFile(uintptr(fd), "tap"), name: ifr.Name()}
+	if t.rc, err = t.f.SyscallConn(); err != nil {
+		return nil, fmt.Errorf("tap %s: %w", t.name, err)
+	}
+	t.write = func(fd uintptr) bool {
+		t.wn, t.werr = unix.Writev(int(fd), t.wsegs)
+		return t.werr != unix.EAGAIN
+	}
+	return t, nil
 }
 
 // Name is the interface name.
@@ -51,6 +67,17 @@ func (t *Tap) Read(p []byte) (int, error) { return t.f.Read(p) }
 
 // Write writes one frame with its header.
 func (t *Tap) Write(p []byte) (int, error) { return t.f.Write(p) }
+
+// WriteVec writes one frame, with its header, given in pieces.
+func (t *Tap) WriteVec(segs [][]byte) (int, error) {
+	t.wsegs = segs
+	err := t.rc.Write(t.write)
+	t.wsegs = nil
+	if err != nil {
+		return 0, err
+	}
+	return t.wn, t.werr
+}
 
 // SetReadDeadline bounds a Read (to stop a reader).
 func (t *Tap) SetReadDeadline(d time.Time) error { return t.f.SetReadDeadline(d) }

@@ -13,6 +13,9 @@ type recorder struct{ bytes.Buffer }
 
 func (*recorder) SetReadDeadline(time.Time) error   { return nil }
 func (*recorder) SetOffload(bool, bool, bool) error { return nil }
+func (r *recorder) WriteVec(segs [][]byte) (int, error) {
+	return r.Write(bytes.Join(segs, nil))
+}
 
 // FuzzTransmit: any chain the guest queues is sent whole or refused; the
 // tap never sees more than one bounded packet per chain.

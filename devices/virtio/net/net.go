@@ -41,6 +41,8 @@ const (
 	queueRX   = 0
 	queueTX   = 1
 	linkUp    = 1
+	// iovMax is the most pieces one writev takes (IOV_MAX).
+	iovMax = 1024
 )
 
 // Tap is the host side: a TAP device file opened with IFF_NO_PI and
@@ -48,6 +50,8 @@ const (
 // SetOffload tells it which offloads the guest accepts.
 type Tap interface {
 	io.ReadWriter
+	// WriteVec writes one packet given in pieces, with one system call.
+	WriteVec(segs [][]byte) (int, error)
 	SetReadDeadline(time.Time) error
 	SetOffload(csum, tso4, tso6 bool) error
 }
@@ -58,14 +62,15 @@ type Device struct {
 	mac    [6]byte
 	log    *slog.Logger
 	stats  virtio.Stats
-	txBuf  []byte
+	txSegs [][]byte // views of one packet in guest RAM
+	txBuf  []byte   // made only for a packet in more pieces than writev takes
 	rxBuf  []byte
 	config [12]byte
 }
 
 // New returns a device on tap with the given MAC address.
 func New(tap Tap, mac [6]byte, log *slog.Logger) *Device {
-	d := &Device{tap: tap, mac: mac, log: log, txBuf: make([]byte, maxFrame), rxBuf: make([]byte, maxFrame)}
+	d := &Device{tap: tap, mac: mac, log: log, txSegs: make([][]byte, 0, queueSize), rxBuf: make([]byte, maxFrame)}
 	copy(d.config[0:6], mac[:])
 	binary.LittleEndian.PutUint16(d.config[6:], linkUp)
 	binary.LittleEndian.PutUint16(d.config[8:], 1) // max_virtqueue_pairs
@@ -121,9 +126,21 @@ func (d *Device) transmit(c *virtio.Chain) uint32 {
 		d.log.Warn("virtio-net: transmit packet of a bad size", "bytes", n)
 		return 0
 	}
-	b := d.txBuf[:n]
-	_, _ = io.ReadFull(c.Reader(), b)
-	if _, err := d.tap.Write(b); err != nil {
+	// The packet goes from guest RAM to the tap without a copy, unless
+	// the guest cut it into more pieces than one writev takes.
+	var err error
+	if segs := c.Reader().Next(n, d.txSegs[:0]); len(segs) <= iovMax {
+		_, err = d.tap.WriteVec(segs)
+		clear(segs)
+	} else {
+		if d.txBuf == nil {
+			d.txBuf = make([]byte, maxFrame)
+		}
+		b := d.txBuf[:n]
+		_, _ = io.ReadFull(c.Reader(), b)
+		_, err = d.tap.Write(b)
+	}
+	if err != nil {
 		// A full or downed tap drops the packet, as a NIC would.
 		d.stats.Errors.Add(1)
 		return 0
