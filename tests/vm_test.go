@@ -189,3 +189,21 @@ func TestVMStalledStdout(t *testing.T) {
 		t.Fatalf("ember still running %s after a 25s timeout with a stalled stdout\nstderr:\n%s", bootLimit, stderr.String())
 	}
 }
+
+// TestVML1KVMParameters: in ember's nested L1 guest, kvm-amd runs with
+// the parameters L1's command line gives it (no nested paging: README,
+// known issues), which a module loaded by init only gets if init passes
+// them on.
+func TestVML1KVMParameters(t *testing.T) {
+	needVM(t)
+	if !env.inside {
+		t.Skip("runs inside ember's nested L1 guest only")
+	}
+	for p, want := range map[string]string{"npt": "0", "vgif": "0", "vls": "0"} {
+		b, err := os.ReadFile("/sys/module/kvm_amd/parameters/" + p)
+		got := strings.TrimSpace(string(b))
+		if err != nil || (got != want && got != "N") {
+			t.Errorf("kvm_amd.%s = %q (%v), want %s as L1's command line says", p, got, err, want)
+		}
+	}
+}

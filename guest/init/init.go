@@ -253,8 +253,9 @@ func setConsole() {
 	f.Close()
 }
 
-// loadModules loads the modules listed in path in order; a failure is
-// reported and the boot goes on.
+// loadModules loads the modules listed in path in order, each with the
+// parameters the kernel command line gives it; a failure is reported and
+// the boot goes on.
 func loadModules(path string) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -269,23 +270,70 @@ func loadModules(path string) {
 	if err != nil {
 		logf("%s: %v", path, err)
 	}
+	cmdline, _ := os.ReadFile("/proc/cmdline")
 	for _, n := range names {
-		if err := loadModule(n); err != nil {
+		if err := loadModule(n, moduleParams(string(cmdline), n)); err != nil {
 			logf("module %s: %v", n, err)
 		}
 	}
 }
 
-func loadModule(path string) error {
+func loadModule(path, params string) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+	if err := unix.FinitModule(int(f.Fd()), params, 0); err != nil && !errors.Is(err, unix.EEXIST) {
 		return err
 	}
 	return nil
+}
+
+// moduleParams picks out of the kernel command line the "module.param=value"
+// words for the module at path, as modprobe does: the kernel applies them
+// only to built-in code, so a module loaded without them ignores what the
+// user asked for. Dashes and underscores in module names are the same.
+func moduleParams(cmdline, path string) string {
+	name := filepath.Base(path)
+	if i := strings.Index(name, ".ko"); i > 0 {
+		name = name[:i]
+	}
+	name = strings.ReplaceAll(name, "-", "_")
+	var out []string
+	for _, w := range cmdlineWords(cmdline) {
+		mod, param, ok := strings.Cut(w, ".")
+		if ok && param != "" && strings.ReplaceAll(mod, "-", "_") == name {
+			out = append(out, param)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// cmdlineWords splits a kernel command line into words; double quotes
+// group spaces into a word and are kept, as the kernel passes them on.
+func cmdlineWords(s string) []string {
+	var words []string
+	var w strings.Builder
+	quoted := false
+	for _, r := range strings.TrimSpace(s) {
+		switch {
+		case r == '"':
+			quoted = !quoted
+			w.WriteRune(r)
+		case (r == ' ' || r == '\t' || r == '\n') && !quoted:
+			if w.Len() > 0 {
+				words = append(words, w.String())
+				w.Reset()
+			}
+		default:
+			w.WriteRune(r)
+		}
+	}
+	if w.Len() > 0 {
+		words = append(words, w.String())
+	}
+	return words
 }
 
 // parseModuleList reads proto.ModulesFile: one path a line, in load order;
