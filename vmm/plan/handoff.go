@@ -12,7 +12,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -93,9 +95,24 @@ func Handoff(exe string, p *Plan, s Session, logLevel string) error {
 			return fmt.Errorf("tap %s: %w", n.Tap, err)
 		}
 	}
-	err = syscall.Exec(exe, args, os.Environ())
+	err = syscall.Exec(exe, args, vmmEnv(os.Environ(), p.CPUs, runtime.NumCPU()))
 	f.Close()
 	return fmt.Errorf("exec %s: %w", exe, err)
+}
+
+// vmmEnv is ember-vmm's environment: env, with GOMAXPROCS at the VM's
+// vCPU count (at most the host's CPUs) unless the user set it. vCPU
+// threads hold no scheduler slot while the guest runs, so the Go code
+// between exits needs no more slots than there are vCPUs, and each slot
+// keeps its own partly filled heap spans: one per vCPU is a few hundred
+// KiB less resident than one per host CPU.
+func vmmEnv(env []string, cpus, hostCPUs int) []string {
+	for _, e := range env {
+		if strings.HasPrefix(e, "GOMAXPROCS=") {
+			return env
+		}
+	}
+	return append(env[:len(env):len(env)], "GOMAXPROCS="+strconv.Itoa(max(1, min(cpus, hostCPUs))))
 }
 
 // Main is ember-vmm: it runs the plan that ember handed off and returns

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -69,5 +70,36 @@ func TestMainHelp(t *testing.T) {
 	var stderr bytes.Buffer
 	if got := Main([]string{"-h"}, &stderr); got != 0 || !strings.Contains(stderr.String(), "-plan-fd") {
 		t.Fatalf("-h: status %d, stderr %q", got, stderr.String())
+	}
+}
+
+func TestVMMEnv(t *testing.T) {
+	base := []string{"PATH=/bin", "HOME=/root"}
+	for _, c := range []struct {
+		env       []string
+		cpus, max int
+		want      string
+	}{
+		{base, 1, 8, "GOMAXPROCS=1"},
+		{base, 4, 8, "GOMAXPROCS=4"},
+		{base, 16, 2, "GOMAXPROCS=2"},
+		{append(slices.Clone(base), "GOMAXPROCS=7"), 1, 8, "GOMAXPROCS=7"},
+	} {
+		got := vmmEnv(c.env, c.cpus, c.max)
+		var set []string
+		for _, e := range got {
+			if strings.HasPrefix(e, "GOMAXPROCS=") {
+				set = append(set, e)
+			}
+		}
+		if len(set) != 1 || set[0] != c.want || !slices.Contains(got, "PATH=/bin") {
+			t.Errorf("vmmEnv(%v, %d, %d) = %v, want one %s and the rest kept", c.env, c.cpus, c.max, got, c.want)
+		}
+	}
+	// The caller's slice keeps its contents, spare capacity included.
+	roomy := append(make([]string, 0, 4), base...)
+	vmmEnv(roomy, 1, 1)
+	if spare := roomy[:3][2]; spare != "" {
+		t.Fatalf("vmmEnv wrote %q into its argument's spare capacity", spare)
 	}
 }
