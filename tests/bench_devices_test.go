@@ -50,32 +50,41 @@ func kvmStats() map[string]uint64 {
 
 // runDevBench runs cmd (a VMM whose guest runs the benchmark script) and
 // collects the guest's ioperf lines, the network transfer's time and the
-// exits between the guest's start and end marks.
-func runDevBench(b *testing.B, cmd *exec.Cmd, ln net.Listener) devBench {
-	b.Helper()
+// exits between the guest's start and end marks. The guest sends to addr,
+// where a listener lives as long as this run.
+func runDevBench(cmd *exec.Cmd, addr string) (devBench, error) {
 	r := devBench{io: map[string][3]float64{}, exits: map[string]uint64{}}
-	netDone := make(chan error, 1)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return r, err
+	}
+	defer ln.Close()
+	type transfer struct {
+		n    int64
+		secs float64
+		err  error
+	}
+	netDone := make(chan transfer, 1)
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
-			netDone <- err
+			netDone <- transfer{err: err}
 			return
 		}
 		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(5 * time.Minute))
+		_ = c.SetDeadline(time.Now().Add(4 * time.Minute))
 		start := time.Now()
 		n, err := io.Copy(io.Discard, io.LimitReader(c, benchNetBytes))
-		r.netBytes, r.netSecs = n, time.Since(start).Seconds()
-		netDone <- err
+		netDone <- transfer{n, time.Since(start).Seconds(), err}
 	}()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		b.Fatal(err)
+		return r, err
 	}
 	var errb bytes.Buffer
 	cmd.Stderr = &errb
 	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
+		return r, err
 	}
 	var before map[string]uint64
 	var tail []string
@@ -99,13 +108,15 @@ func runDevBench(b *testing.B, cmd *exec.Cmd, ln net.Listener) devBench {
 	}
 	werr := cmd.Wait()
 	if werr != nil || len(r.io) != 4 || len(r.exits) == 0 {
-		b.Fatalf("%s: %v; %d ioperf results, exits %v\nstdout tail:\n%s\nstderr:\n%s", cmd.Path, werr, len(r.io), r.exits,
+		return r, fmt.Errorf("%v; %d ioperf results, exits %v\nstdout tail:\n%s\nstderr:\n%s", werr, len(r.io), r.exits,
 			strings.Join(tail[max(0, len(tail)-15):], "\n"), errb.String())
 	}
-	if err := <-netDone; err != nil || r.netBytes != benchNetBytes {
-		b.Fatalf("%s: network transfer: %d bytes, %v", cmd.Path, r.netBytes, err)
+	_ = ln.Close()
+	t := <-netDone
+	if r.netBytes, r.netSecs = t.n, t.secs; t.err != nil || t.n != benchNetBytes {
+		return r, fmt.Errorf("network transfer: %d bytes, %v", t.n, t.err)
 	}
-	return r
+	return r, nil
 }
 
 // benchQEMU is the QEMU that device benchmarks compare ember with; they
@@ -143,11 +154,6 @@ func BenchmarkVMDevices(b *testing.B) {
 	defer netlink.LinkDel(tap)
 	_ = netlink.LinkSetMaster(tap, br)
 	_ = netlink.LinkSetUp(tap)
-	ln, err := net.Listen("tcp", "10.0.3.1:9100")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
 
 	script := "ip addr add 10.0.3.2/24 dev eth0 && ip link set eth0 up && echo BENCH-START && ioperf /dev/vda 128 && " +
 		"dd if=/dev/zero bs=1M count=64 2>/dev/null | netcat 10.0.3.1:9100; echo BENCH-END; sleep 1; poweroff"
@@ -167,19 +173,52 @@ func BenchmarkVMDevices(b *testing.B) {
 	}
 	const mac = "06:00:0a:00:03:02"
 	var runs = map[string][]devBench{}
+	consoleLog := filepath.Join(b.TempDir(), "console.log")
+	failed := 0
+	measure := func(who string, cmd func(ctx context.Context) *exec.Cmd) {
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+		defer cancel()
+		r, err := runDevBench(cmd(ctx), "10.0.3.1:9100")
+		if err != nil {
+			// The others still run: which contenders fail is part of
+			// the answer.
+			failed++
+			b.Logf("FAILED: %s: %v\nguest console tail:\n%s\nhost kernel log tail:\n%s", who, err, tail(consoleLog, 40), kmsgTail(30))
+			return
+		}
+		runs[who] = append(runs[who], r)
+		line := "device run: " + who
+		for _, p := range []string{"seqwrite", "seqread", "randwrite", "randread"} {
+			v := r.io[p]
+			line += fmt.Sprintf(" %s %.1f MB/s %.0f IOPS", p, v[0]/v[2]/1e6, v[1]/v[2])
+		}
+		// As it comes: the whole benchmark takes many minutes.
+		fmt.Fprintf(os.Stderr, "%s, net %.2f MB/s, %d exits\n", line, float64(r.netBytes)/r.netSecs/1e6, r.exits["exits"])
+	}
+	ember := func(extra ...string) func(ctx context.Context) *exec.Cmd {
+		return func(ctx context.Context) *exec.Cmd {
+			args := append([]string{"run", "--accel", "kvm", "--cache-dir", env.cacheDir, "--initrd", emberInitrd,
+				"--console-log", consoleLog, "--drive", "path=" + disk, "--net", "tap=embtap-bench,mac=" + mac}, extra...)
+			return exec.CommandContext(ctx, env.ember, append(args, "--", "sh", "-c", script)...)
+		}
+	}
 	for b.Loop() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		runs["ember"] = append(runs["ember"], runDevBench(b, exec.CommandContext(ctx, env.ember, "run", "--accel", "kvm",
-			"--cache-dir", env.cacheDir, "--initrd", emberInitrd, "--drive", "path="+disk, "--net", "tap=embtap-bench,mac="+mac,
-			"--", "sh", "-c", script), ln))
-		runs["qemu"] = append(runs["qemu"], runDevBench(b, exec.CommandContext(ctx, qemu, "-M", "microvm", "-accel", "kvm",
-			"-cpu", "host", "-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-			"-serial", "stdio", "-kernel", img.Kernel, "-initrd", qemuInitrd,
-			"-append", platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline,
-			"-drive", "id=d0,file="+disk+",format=raw,if=none", "-device", "virtio-blk-device,drive=d0",
-			"-netdev", "tap,id=n0,ifname=embtap-bench,script=no,downscript=no,vhost=off",
-			"-device", "virtio-net-device,netdev=n0,mac="+mac), ln))
-		cancel()
+		// ember twice: with its default 4 KiB guest pages, and with
+		// transparent huge pages, which QEMU gives guest RAM by default.
+		measure("ember", ember())
+		measure("ember-huge", ember("--huge-pages"))
+		measure("qemu", func(ctx context.Context) *exec.Cmd {
+			return exec.CommandContext(ctx, qemu, "-M", "microvm", "-accel", "kvm",
+				"-cpu", "host", "-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+				"-serial", "stdio", "-kernel", img.Kernel, "-initrd", qemuInitrd,
+				"-append", platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline,
+				"-drive", "id=d0,file="+disk+",format=raw,if=none", "-device", "virtio-blk-device,drive=d0",
+				"-netdev", "tap,id=n0,ifname=embtap-bench,script=no,downscript=no,vhost=off",
+				"-device", "virtio-net-device,netdev=n0,mac="+mac)
+		})
+	}
+	if failed > 0 {
+		b.Errorf("%d of the runs failed (above)", failed)
 	}
 	report := func(who string) (m map[string]float64) {
 		m = map[string]float64{}
@@ -202,13 +241,49 @@ func BenchmarkVMDevices(b *testing.B) {
 		delete(m, "exits")
 		return m
 	}
-	e, q := report("ember"), report("qemu")
-	for k, v := range e {
-		b.ReportMetric(v, "ember-"+k)
-		b.ReportMetric(q[k], "qemu-"+k)
-		if q[k] > 0 {
-			b.ReportMetric(v/q[k], "ratio-"+k)
+	q := report("qemu")
+	for _, who := range []string{"ember", "ember-huge"} {
+		e := report(who)
+		for k, v := range e {
+			b.ReportMetric(v, who+"-"+k)
+			if q[k] > 0 {
+				b.ReportMetric(v/q[k], "ratio-"+who+"-"+k)
+			}
 		}
+		fmt.Fprintf(os.Stderr, "device bench: %-10s %v\n", who, e)
 	}
-	fmt.Fprintf(os.Stderr, "device bench: ember %v\ndevice bench: qemu  %v\n", e, q)
+	for k, v := range q {
+		b.ReportMetric(v, "qemu-"+k)
+	}
+	fmt.Fprintf(os.Stderr, "device bench: %-10s %v\n", "qemu", q)
+}
+
+// tail is the last n lines of a file ("" if unreadable).
+func tail(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// kmsgTail is the last n records of this machine's kernel log, where a
+// KVM that gave up on a guest says why.
+func kmsgTail(n int) string {
+	fd, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err.Error()
+	}
+	defer unix.Close(fd)
+	var recs []string
+	buf := make([]byte, 8192)
+	for {
+		k, err := unix.Read(fd, buf)
+		if err == unix.EPIPE {
+			continue // overwritten while read: the next one follows
+		}
+		if err != nil || k <= 0 {
+			break
+		}
+		recs = append(recs, strings.TrimSpace(string(buf[:k])))
+	}
+	return strings.Join(recs[max(0, len(recs)-n):], "\n")
 }

@@ -35,7 +35,9 @@ func shareBenchSizes() (files, mib int) {
 // reads small files and one big file through a host directory share:
 // ember's virtio-fs, ember's virtio-9p and QEMU's 9p (-virtfs on microvm),
 // each on Debian's generic kernel (the cloud kernel has no 9p) with the
-// same initramfs and command line, one after another in one host.
+// same initramfs and command line, one after another in one host (ember's
+// virtio-fs first, then QEMU: a crash of the emulated host loses only what
+// was not yet run).
 func BenchmarkVMShares(b *testing.B) {
 	qemu := benchQEMU(b)
 	files, mib := shareBenchSizes()
@@ -53,6 +55,10 @@ func BenchmarkVMShares(b *testing.B) {
 		name string
 		cmd  func(ctx context.Context, dir string) *exec.Cmd
 	}{
+		{"ember-virtiofs", func(ctx context.Context, dir string) *exec.Cmd {
+			return exec.CommandContext(ctx, env.ember, append([]string{"run", "--accel", "kvm", "--cache-dir", env.cacheDir,
+				"--kernel", "debian:amd64", "--initrd", emberInitrd, "--share", dir + ":/mnt/share", "--"}, args...)...)
+		}},
 		{"qemu-9p", func(ctx context.Context, dir string) *exec.Cmd {
 			return exec.CommandContext(ctx, qemu, "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "512", "-smp", "1",
 				"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
@@ -60,10 +66,6 @@ func BenchmarkVMShares(b *testing.B) {
 				"-append", platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline,
 				"-fsdev", "local,id=f0,path="+dir+",security_model=none",
 				"-device", "virtio-9p-device,fsdev=f0,mount_tag=share0")
-		}},
-		{"ember-virtiofs", func(ctx context.Context, dir string) *exec.Cmd {
-			return exec.CommandContext(ctx, env.ember, append([]string{"run", "--accel", "kvm", "--cache-dir", env.cacheDir,
-				"--kernel", "debian:amd64", "--initrd", emberInitrd, "--share", dir + ":/mnt/share", "--"}, args...)...)
 		}},
 		{"ember-9p", func(ctx context.Context, dir string) *exec.Cmd {
 			return exec.CommandContext(ctx, env.ember, append([]string{"run", "--accel", "kvm", "--cache-dir", env.cacheDir,
@@ -79,7 +81,7 @@ func BenchmarkVMShares(b *testing.B) {
 			// issues), saying so.
 			for try := 0; try < 2; try++ {
 				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
-				phases, err = runShareBench(c.cmd(ctx, b.TempDir()))
+				phases, err = runShareBench(c.name, c.cmd(ctx, b.TempDir()))
 				cancel()
 				if err == nil || !strings.Contains(err.Error(), "triple-faulted") {
 					break
@@ -124,7 +126,7 @@ func BenchmarkVMShares(b *testing.B) {
 
 // runShareBench runs cmd and returns the seconds of each "bench PHASE
 // SECONDS" line its guest printed.
-func runShareBench(cmd *exec.Cmd) (map[string]float64, error) {
+func runShareBench(name string, cmd *exec.Cmd) (map[string]float64, error) {
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -144,6 +146,8 @@ func runShareBench(cmd *exec.Cmd) (map[string]float64, error) {
 		if f := strings.Fields(l); len(f) == 3 && f[0] == "bench" {
 			if s, err := strconv.ParseFloat(f[2], 64); err == nil {
 				phases[f[1]] = s
+				// As it comes: a run can take many minutes.
+				fmt.Fprintf(os.Stderr, "share bench: %s %s %.1f s\n", name, f[1], s)
 			}
 		}
 	}
