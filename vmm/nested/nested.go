@@ -477,7 +477,8 @@ func qemuArgs(o Options, initrd, ioDir, heartbeat string, debug bool) []string {
 	// kvm-amd without nested paging: L1 shadows the inner guest's page
 	// tables itself instead of relying on the emulator's NPT, under which
 	// heavy guest I/O triple-faulted or hung the inner guests (README,
-	// known issues); boot time is the same. Virtual GIF and virtual
+	// known issues); a boot takes about 15 % longer. L1's init passes
+	// these words to the module it loads. Virtual GIF and virtual
 	// VMLOAD/VMSAVE only help a guest that runs guests of its own, which
 	// the inner VM never does.
 	cmdline += " kvm_amd.npt=0 kvm_amd.vgif=0 kvm_amd.vls=0"
