@@ -56,11 +56,14 @@ const (
 
 // Driver is one device behind virtio-mmio, driven like a guest would.
 type Driver struct {
-	T      testing.TB
-	Mem    *memory.Memory
-	MMIO   *virtio.MMIO
-	Dev    virtio.Device
-	Irqs   chan struct{}
+	T    testing.TB
+	Mem  *memory.Memory
+	MMIO *virtio.MMIO
+	Dev  virtio.Device
+	Irqs chan struct{}
+	// Hold makes Publish leave the notification to Notify, so several
+	// chains reach the device as one batch.
+	Hold   bool
 	queues []*queue
 	next   uint64 // bump allocator for data buffers
 	cancel context.CancelFunc
@@ -297,8 +300,13 @@ func (d *Driver) Publish(q int, head uint16) {
 	d.put16(vq.avail+4+2*uint64(vq.availIdx%vq.size), head)
 	vq.availIdx++
 	d.put16(vq.avail+2, vq.availIdx)
-	d.Write32(virtio.RegQueueNotify, uint32(q))
+	if !d.Hold {
+		d.Notify(q)
+	}
 }
+
+// Notify tells the device that queue q has new buffers.
+func (d *Driver) Notify(q int) { d.Write32(virtio.RegQueueNotify, uint32(q)) }
 
 // SetAvailIdx writes queue q's avail index directly (to break the rules).
 func (d *Driver) SetAvailIdx(q int, idx uint16) {
