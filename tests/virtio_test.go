@@ -368,14 +368,8 @@ func netRoundTrip(t *testing.T, limit time.Duration, mib int, args ...string) {
 
 // TestVMDriveIO: direct I/O from the guest, sequential and random, reads
 // and writes, completes (the same program the device benchmark times).
-// Opt-in: under the nested, software-emulated host, runs of small requests
-// have now and then hung the guest or corrupted its CPU state (an oops
-// with a non-canonical GS base), which is no verdict on ember.
 func TestVMDriveIO(t *testing.T) {
 	needVM(t)
-	if os.Getenv("EMBER_E2E_STRESS") == "" {
-		t.Skip("SKIP: stress test, not part of make test: set EMBER_E2E_STRESS=1 (under nested emulation it has crashed the guest's own CPU state; see the README's known issues)")
-	}
 	disk := diskImage(t, 64<<20, false)
 	initrd := initrdWith(t, map[string]string{"ioperf": env.ioperf}, nil)
 	r := ember(t, bootLimit, vmArgs("--initrd", initrd, "--timeout", "90s", "--json", "--drive", "path="+disk, "--", "ioperf", "/dev/vda", "8", "256")...)
