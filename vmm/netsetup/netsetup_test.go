@@ -11,22 +11,30 @@ import (
 	"github.com/ember-vmm/ember/vmm/tap"
 )
 
+// testTap creates the tap name and takes it over as the VMM does.
 // Creating taps needs CAP_NET_ADMIN; where the test cannot, it says so.
-func TestCreateAndRemove(t *testing.T) {
+func testTap(t *testing.T, name string) *tap.Tap {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("SKIP: creating a tap needs root")
 	}
-	fd, name, err := OpenTap("embertest0", "")
+	fd, got, err := OpenTap(name, "")
 	if err != nil {
 		t.Skipf("SKIP: no tap here: %v", err)
 	}
-	if name != "embertest0" {
-		t.Fatalf("name %q", name)
+	if got != name {
+		t.Fatalf("OpenTap(%q) named it %q", name, got)
 	}
 	tp, err := tap.New(fd)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return tp
+}
+
+func TestCreateAndRemove(t *testing.T) {
+	const name = "embertest0"
+	tp := testTap(t, name)
 	if tp.Name() != name {
 		t.Fatalf("tap.New: name %q, want %q", tp.Name(), name)
 	}
@@ -65,17 +73,7 @@ func TestNewRefusesOtherDescriptors(t *testing.T) {
 // A frame written in pieces reaches the interface whole, as the host sees
 // it: virtio-net transmits from guest RAM this way.
 func TestWriteVec(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("SKIP: creating a tap needs root")
-	}
-	fd, _, err := OpenTap("embertest1", "")
-	if err != nil {
-		t.Skipf("SKIP: no tap here: %v", err)
-	}
-	tp, err := tap.New(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tp := testTap(t, "embertest1")
 	defer tp.Close()
 	l, err := netlink.LinkByName("embertest1")
 	if err != nil {
