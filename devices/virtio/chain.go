@@ -5,6 +5,10 @@ import (
 	"io"
 )
 
+// IOVMax is the most buffers one vectored system call (readv, preadv,
+// writev) takes: Linux's IOV_MAX. A chain may have more (indirect tables).
+const IOVMax = 1024
+
 // Chain is one validated descriptor chain: the device-readable buffers,
 // then the device-writable ones, as host views of guest RAM. Devices use
 // Reader and Writer; they never see guest addresses.

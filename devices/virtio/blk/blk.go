@@ -54,9 +54,6 @@ const (
 	maxRange    = 1 << 22
 	headerSize  = 16
 	segmentSize = 16
-	// iovMax is the most buffers one preadv/pwritev takes (IOV_MAX); a
-	// guest may send chains with more (indirect tables).
-	iovMax = 1024
 	// batchMax is the most requests served before the driver is
 	// interrupted, when it keeps queueing more.
 	batchMax = 16
@@ -305,7 +302,7 @@ func (d *Device) pwritev(segs [][]byte, off int64) error {
 // call; short is what a call that moved nothing means.
 func (d *Device) vectored(op func(int, [][]byte, int64) (int, error), segs [][]byte, off int64, short func([][]byte) error) error {
 	for len(segs) > 0 {
-		n, err := op(int(d.f.Fd()), segs[:min(len(segs), iovMax)], off)
+		n, err := op(int(d.f.Fd()), segs[:min(len(segs), virtio.IOVMax)], off)
 		switch {
 		case err == unix.EINTR:
 			continue

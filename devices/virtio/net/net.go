@@ -41,8 +41,6 @@ const (
 	queueRX   = 0
 	queueTX   = 1
 	linkUp    = 1
-	// iovMax is the most pieces one writev takes (IOV_MAX).
-	iovMax = 1024
 )
 
 // Tap is the host side: a TAP device file opened with IFF_NO_PI and
@@ -129,7 +127,7 @@ func (d *Device) transmit(c *virtio.Chain) uint32 {
 	// The packet goes from guest RAM to the tap without a copy, unless
 	// the guest cut it into more pieces than one writev takes.
 	var err error
-	if segs := c.Reader().Next(n, d.txSegs[:0]); len(segs) <= iovMax {
+	if segs := c.Reader().Next(n, d.txSegs[:0]); len(segs) <= virtio.IOVMax {
 		_, err = d.tap.WriteVec(segs)
 		clear(segs)
 	} else {

@@ -76,7 +76,7 @@ func TestTransmit(t *testing.T) {
 func TestTransmitManyPieces(t *testing.T) {
 	tap, host := newTap(t)
 	d := New(tap, mac, slog.New(slog.DiscardHandler))
-	pkt := frame(iovMax+100, 3)
+	pkt := frame(virtio.IOVMax+100, 3)
 	pieces := [][]byte{pkt[:HeaderSize]}
 	for i := HeaderSize; i < len(pkt); i++ {
 		pieces = append(pieces, pkt[i:i+1])
