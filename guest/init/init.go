@@ -271,8 +271,9 @@ func loadModules(path string) {
 		logf("%s: %v", path, err)
 	}
 	cmdline, _ := os.ReadFile("/proc/cmdline")
+	words := cmdlineWords(string(cmdline))
 	for _, n := range names {
-		if err := loadModule(n, moduleParams(string(cmdline), n)); err != nil {
+		if err := loadModule(n, moduleParams(words, n)); err != nil {
 			logf("module %s: %v", n, err)
 		}
 	}
@@ -290,18 +291,18 @@ func loadModule(path, params string) error {
 	return nil
 }
 
-// moduleParams picks out of the kernel command line the "module.param=value"
-// words for the module at path, as modprobe does: the kernel applies them
+// moduleParams picks out of the kernel command line's words the
+// "module.param=value" ones for the module at path, as modprobe does: the kernel applies them
 // only to built-in code, so a module loaded without them ignores what the
 // user asked for. Dashes and underscores in module names are the same.
-func moduleParams(cmdline, path string) string {
+func moduleParams(words []string, path string) string {
 	name := filepath.Base(path)
 	if i := strings.Index(name, ".ko"); i > 0 {
 		name = name[:i]
 	}
 	name = strings.ReplaceAll(name, "-", "_")
 	var out []string
-	for _, w := range cmdlineWords(cmdline) {
+	for _, w := range words {
 		mod, param, ok := strings.Cut(w, ".")
 		if ok && param != "" && strings.ReplaceAll(mod, "-", "_") == name {
 			out = append(out, param)

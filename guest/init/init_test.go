@@ -266,14 +266,14 @@ func FuzzProcParsers(f *testing.F) {
 // Modules get their parameters from the kernel command line, as modprobe
 // gives them; the kernel itself applies them only to built-in code.
 func TestModuleParams(t *testing.T) {
-	cmdline := "console=ttyS0 kvm_amd.npt=0 kvm.ignore_msrs=1 kvm-amd.vgif=0 virtio_blk.x=\"a b\" kvm_amd. quiet\n"
+	words := cmdlineWords("console=ttyS0 kvm_amd.npt=0 kvm.ignore_msrs=1 kvm-amd.vgif=0 virtio_blk.x=\"a b\" kvm_amd. quiet\n")
 	for path, want := range map[string]string{
 		"/lib/modules/6.1/kernel/arch/x86/kvm/kvm-amd.ko":     "npt=0 vgif=0",
 		"/lib/modules/6.1/kernel/arch/x86/kvm/kvm.ko.xz":      "ignore_msrs=1",
 		"/lib/modules/6.1/kernel/drivers/block/virtio_blk.ko": `x="a b"`,
 		"/lib/modules/6.1/kernel/fs/9p/9p.ko":                 "",
 	} {
-		if got := moduleParams(cmdline, path); got != want {
+		if got := moduleParams(words, path); got != want {
 			t.Errorf("moduleParams(%s) = %q, want %q", path, got, want)
 		}
 	}
