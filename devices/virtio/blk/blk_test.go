@@ -308,3 +308,53 @@ func TestOneInterruptPerBatch(t *testing.T) {
 		t.Fatalf("%d interrupts for one batch of 4 requests, want 1", n)
 	}
 }
+
+// Reads or writes the driver queues together that continue one another
+// reach the image in one system call; a gap, a flush or a bad request
+// between them ends the run, and order is kept.
+func TestMergeAdjacent(t *testing.T) {
+	p := image(t, 1<<20, 0)
+	dev := open(t, Options{Path: p})
+	d := virtiotest.New(t, dev)
+	d.Init(virtio.FeatureVersion1|dev.Features(), 64)
+	d.Hold = true
+	w := func(sector uint64, fill byte, n int) *virtiotest.Request {
+		return d.Submit(0, false, virtiotest.Buf{Data: header(typeOut, sector)}, virtiotest.Buf{Data: bytes.Repeat([]byte{fill}, n)}, virtiotest.Buf{WriteLen: 1})
+	}
+	reqs := []*virtiotest.Request{
+		w(0, 1, 4096), w(8, 2, 8192), w(24, 3, 512), // one run: sectors 0-24
+		w(100, 4, 512), // a gap: its own call
+		d.Submit(0, false, virtiotest.Buf{Data: header(typeFlush, 0)}, virtiotest.Buf{WriteLen: 1}),
+		w(101, 5, 512),   // after the flush: its own call
+		w(1<<30, 6, 512), // outside the disk: fails alone
+		w(102, 7, 512),   // does not join 101 across the failure
+		d.Submit(0, false, virtiotest.Buf{Data: header(typeIn, 0)}, virtiotest.Buf{WriteLen: 4096}, virtiotest.Buf{WriteLen: 1}),
+		d.Submit(0, false, virtiotest.Buf{Data: header(typeIn, 8)}, virtiotest.Buf{WriteLen: 8192}, virtiotest.Buf{WriteLen: 1}),
+	}
+	d.Notify(0)
+	want := []uint8{statusOK, statusOK, statusOK, statusOK, statusOK, statusOK, statusIOErr, statusOK, statusOK, statusOK}
+	for i, r := range reqs {
+		b := d.Wait(0, r).Bytes()
+		if st := b[len(b)-1]; st != want[i] {
+			t.Errorf("request %d: status %d, want %d", i, st, want[i])
+		}
+	}
+	// 0-24 | 100 | 101 | 102 | the two reads of 0-24
+	if n := dev.ioCalls.Load(); n != 5 {
+		t.Errorf("%d vectored calls, want 5", n)
+	}
+	got := reqs[8].Bytes()
+	if !bytes.Equal(got[:4096], bytes.Repeat([]byte{1}, 4096)) || !bytes.Equal(reqs[9].Bytes()[:8192], bytes.Repeat([]byte{2}, 8192)) {
+		t.Error("merged reads returned the wrong bytes")
+	}
+	img, _ := os.ReadFile(p)
+	for _, c := range []struct {
+		off  int
+		fill byte
+		n    int
+	}{{0, 1, 4096}, {4096, 2, 8192}, {12288, 3, 512}, {51200, 4, 512}, {51712, 5, 512}, {52224, 7, 512}} {
+		if !bytes.Equal(img[c.off:c.off+c.n], bytes.Repeat([]byte{c.fill}, c.n)) {
+			t.Errorf("image at %d: not the bytes written", c.off)
+		}
+	}
+}
