@@ -257,6 +257,7 @@ func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byt
 		return nil, err
 	}
 	defer m.Close()
+	trimStartup()
 	res, err := m.Run(ctx)
 	if res == nil {
 		return nil, err

@@ -1,0 +1,31 @@
+package plan
+
+import (
+	"reflect"
+	"testing"
+)
+
+func TestTrimmable(t *testing.T) {
+	smaps := `00400000-005da000 r-xp 00000000 00:19 1955947                           /opt/ember/ember-vmm
+Rss:                1888 kB
+Private_Dirty:         0 kB
+005da000-00829000 r--p 001da000 00:19 1955947                           /opt/ember/ember-vmm
+Rss:                2224 kB
+Private_Dirty:         0 kB
+00829000-0083d000 rw-p 00429000 00:19 1955947                           /opt/ember/ember-vmm
+Rss:                  80 kB
+Private_Dirty:        80 kB
+00900000-00901000 r--p 00000000 00:19 1955947                           /opt/ember/ember-vmm
+Private_Dirty:         4 kB
+0083d000-00874000 rw-p 00000000 00:00 0
+Rss:                  80 kB
+7f0000000000-7f0000001000 r--p 00000000 00:19 77                          /opt/ember/ember-vmm.old
+Private_Dirty:         0 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
+`
+	got := trimmable([]byte(smaps), "/opt/ember/ember-vmm")
+	want := [][2]uintptr{{0x400000, 0x5da000}, {0x5da000, 0x829000}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("trimmable = %x, want %x (text and read-only data only: not writable, not modified, not another file)", got, want)
+	}
+}
