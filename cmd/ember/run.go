@@ -76,6 +76,7 @@ file, no accelerator); 127 the guest init could not start the command;
 	fl.StringVar(&f.memory, "memory", "", "guest RAM, e.g. 512M or 2G")
 	fl.StringVar(&f.accel, "accel", "", "accelerator: auto, kvm or nested")
 	fl.DurationVar(&f.timeout, "timeout", 0, "stop the guest after this long (e.g. 30s); exit status 124")
+	fl.DurationVar(&f.nestedStall, "nested-stall", 0, "with --accel nested: how long the L1 guest may go without a heartbeat before it is taken for stuck (default 2m)")
 	fl.StringArrayVar(&f.env, "env", nil, "KEY=VALUE for the guest command (repeatable)")
 	fl.StringArrayVar(&f.drives, "drive", nil, "virtio disk: path=IMAGE[,ro][,id=SERIAL] (repeatable; adds to the config's drives)")
 	fl.StringArrayVar(&f.nets, "net", nil, "virtio-net over a tap: tap=NAME[,mac=MAC][,bridge=BRIDGE] (repeatable; a missing tap is created)")
@@ -99,10 +100,8 @@ func addHiddenRunFlags(cmd *cobra.Command, f *runFlags) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.resultFile, "result-file", "", "also write the JSON result to this file")
 	fl.StringVar(&f.kvmPath, "kvm-device", "/dev/kvm", "KVM device")
-	fl.DurationVar(&f.nestedStall, "nested-stall", 0, "how long a nested L1 guest may go without a heartbeat")
 	_ = fl.MarkHidden("result-file")
 	_ = fl.MarkHidden("kvm-device")
-	_ = fl.MarkHidden("nested-stall")
 }
 
 func runVM(cmd *cobra.Command, g *globals, f *runFlags, args []string) error {

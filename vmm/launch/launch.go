@@ -575,7 +575,8 @@ func runNested(ctx context.Context, cache *images.Cache, o Options, p *plan.Plan
 	switch {
 	case err == nil:
 	case errors.Is(err, nested.ErrL1Stuck):
-		base.Outcome, base.ExitStatus, base.Message = plan.OutcomeStuck, plan.ExitStuck, err.Error()
+		base.Outcome, base.ExitStatus, base.Message = plan.OutcomeStuck, plan.ExitStuck, err.Error()+
+			"\n(if L1 was only slow, --nested-stall gives it longer)"
 		return base, nil
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		base.Outcome = vmm.OutcomeTimeout

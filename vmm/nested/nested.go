@@ -48,10 +48,11 @@ const maxResultSize = 16 << 20
 // L1 liveness: the L1 init writes a byte to its second serial port (L1's
 // ttyS1, a file on the host) every second. No byte for Stall (default
 // DefaultStall) means L1 stopped: its kernel locked up, or QEMU was
-// stopped. Before the first byte, L1 has BootLimit (DefaultBootLimit) to
+// stopped. An L1 busy with heavy share I/O has gone more than 45 s without
+// one and then finished, so the default leaves room for that. Before the first byte, L1 has BootLimit (DefaultBootLimit) to
 // boot.
 const (
-	DefaultStall     = 45 * time.Second
+	DefaultStall     = 2 * time.Minute
 	DefaultBootLimit = 3 * time.Minute
 	heartbeatTTY     = "/dev/ttyS1"
 	heartbeatFile    = "heartbeat"
