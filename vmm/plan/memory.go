@@ -48,33 +48,11 @@ type smapsTotals struct {
 func parseSmaps(b []byte, guest GuestFunc) smapsTotals {
 	var t smapsTotals
 	isGuest := false
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) == 0 {
-			continue
-		}
-		if !strings.HasSuffix(f[0], ":") {
-			// A mapping's header: start-end perms offset dev inode [path].
-			isGuest = false
-			lo, hi, ok := strings.Cut(f[0], "-")
-			if !ok || guest == nil {
-				continue
-			}
-			a, err1 := strconv.ParseUint(lo, 16, 64)
-			z, err2 := strconv.ParseUint(hi, 16, 64)
-			anon := len(f) < 6 || f[5] == "" || strings.HasPrefix(f[5], "[anon")
-			isGuest = err1 == nil && err2 == nil && z > a && guest(a, z, anon)
-			continue
-		}
-		if len(f) < 2 {
-			continue
-		}
-		v, err := strconv.ParseUint(f[1], 10, 64)
-		if err != nil {
-			continue
-		}
-		switch f[0] {
+	scanSmaps(b, func(m smapsMapping) {
+		anon := m.path == "" || strings.HasPrefix(m.path, "[anon")
+		isGuest = m.ok && guest != nil && guest(m.lo, m.hi, anon)
+	}, func(key string, v uint64) {
+		switch key {
 		case "Rss:":
 			t.rss += v
 			if isGuest {
@@ -86,6 +64,48 @@ func parseSmaps(b []byte, guest GuestFunc) smapsTotals {
 				t.guestPrivate += v
 			}
 		}
-	}
+	})
 	return t
+}
+
+// smapsMapping is a mapping's header line in a smaps file: start-end
+// perms offset dev inode [path].
+type smapsMapping struct {
+	lo, hi      uint64
+	perms, path string
+	ok          bool // the range parsed and is not empty
+}
+
+// scanSmaps calls header for each mapping and field for each "Key: value"
+// line under it (values in the file's units, KiB).
+func scanSmaps(b []byte, header func(smapsMapping), field func(key string, v uint64)) {
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			continue
+		}
+		if !strings.HasSuffix(f[0], ":") {
+			var m smapsMapping
+			if len(f) > 1 {
+				m.perms = f[1]
+			}
+			if len(f) > 5 {
+				m.path = f[5]
+			}
+			if lo, hi, ok := strings.Cut(f[0], "-"); ok {
+				a, err1 := strconv.ParseUint(lo, 16, 64)
+				z, err2 := strconv.ParseUint(hi, 16, 64)
+				m.lo, m.hi, m.ok = a, z, err1 == nil && err2 == nil && z > a
+			}
+			header(m)
+			continue
+		}
+		if len(f) < 2 {
+			continue
+		}
+		if v, err := strconv.ParseUint(f[1], 10, 64); err == nil {
+			field(f[0], v)
+		}
+	}
 }

@@ -1,11 +1,7 @@
 package plan
 
 import (
-	"bufio"
-	"bytes"
 	"os"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -38,39 +34,16 @@ func trimStartup() {
 // are not writable and hold no private dirty pages.
 func trimmable(smaps []byte, exe string) [][2]uintptr {
 	var out [][2]uintptr
-	var cur [2]uintptr
 	ok := false
-	done := func() {
+	scanSmaps(smaps, func(m smapsMapping) {
+		ok = m.ok && m.path == exe && len(m.perms) > 1 && m.perms[1] == '-'
 		if ok {
-			out = append(out, cur)
+			out = append(out, [2]uintptr{uintptr(m.lo), uintptr(m.hi)})
 		}
-		ok = false
-	}
-	sc := bufio.NewScanner(bytes.NewReader(smaps))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) == 0 {
-			continue
+	}, func(key string, v uint64) {
+		if ok && key == "Private_Dirty:" && v != 0 {
+			out, ok = out[:len(out)-1], false
 		}
-		if !strings.HasSuffix(f[0], ":") {
-			// A mapping's header: start-end perms offset dev inode [path].
-			done()
-			lo, hi, found := strings.Cut(f[0], "-")
-			if !found || len(f) < 6 || f[5] != exe || len(f[1]) < 2 || f[1][1] != '-' {
-				continue
-			}
-			l, err1 := strconv.ParseUint(lo, 16, 64)
-			h, err2 := strconv.ParseUint(hi, 16, 64)
-			if err1 != nil || err2 != nil || h <= l {
-				continue
-			}
-			cur, ok = [2]uintptr{uintptr(l), uintptr(h)}, true
-			continue
-		}
-		if ok && f[0] == "Private_Dirty:" && len(f) >= 2 && f[1] != "0" {
-			ok = false
-		}
-	}
-	done()
+	})
 	return out
 }
