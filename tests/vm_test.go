@@ -207,29 +207,3 @@ func TestVML1KVMParameters(t *testing.T) {
 		}
 	}
 }
-
-// Inside L1, the heartbeat's serial port (ttyS1) is driven by a timer, not
-// by its interrupt, which heavily loaded L1 guests have been seen to miss
-// for minutes.
-func TestVML1HeartbeatPolled(t *testing.T) {
-	needVM(t)
-	if !env.inside {
-		t.Skip("runs inside ember's nested L1 guest only")
-	}
-	b, err := os.ReadFile("/proc/tty/driver/serial")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "1: ") {
-			if !strings.Contains(l, " irq:0") {
-				t.Fatalf("ttyS1 is not polled: %s", l)
-			}
-			if !strings.Contains(l, "tx:") {
-				t.Errorf("ttyS1 has sent nothing: %s", l)
-			}
-			return
-		}
-	}
-	t.Fatalf("no ttyS1 in /proc/tty/driver/serial:\n%s", b)
-}

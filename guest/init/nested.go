@@ -1,14 +1,12 @@
 package main
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"time"
-	"unsafe"
 
 	"github.com/ember-vmm/ember/guest/proto"
 	"golang.org/x/sys/unix"
@@ -55,7 +53,7 @@ func nestedMounts(n *proto.Nested) []mnt {
 // returned status only matters outside QEMU.
 func nestedMain(r *proto.Run) int {
 	if r.Nested.Heartbeat != "" {
-		go heartbeat(r.Nested.Heartbeat)
+		go heartbeat(r.Nested.Heartbeat, r.Nested.HeartbeatOffset)
 	}
 	if err := holdKVMKeys(); err != nil {
 		logf("nested: %v", err)
@@ -152,48 +150,23 @@ func rawConsole(fd int) {
 	_ = unix.IoctlSetTermios(fd, unix.TCSETS, t)
 }
 
-// heartbeat writes a byte to dev (a serial port the host watches) every
-// second for as long as L1 lives, so the host can tell a stuck L1 (a kernel
-// lockup, a frozen emulator) from a slow one and end it.
-func heartbeat(dev string) {
-	f, err := os.OpenFile(dev, os.O_WRONLY|unix.O_NOCTTY, 0)
+// heartbeat writes a byte to dev at offset off (an I/O port through
+// /dev/port, whose output the host watches) every second for as long as
+// L1 lives, so the host can tell a stuck L1 (a kernel lockup, a frozen
+// emulator) from a slow one and end it.
+func heartbeat(dev string, off int64) {
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
 	if err != nil {
 		logf("nested: heartbeat: %v (the host will take L1 for stuck)", err)
 		return
 	}
-	rawConsole(int(f.Fd()))
-	if err := pollSerial(int(f.Fd())); err != nil {
-		logf("nested: heartbeat: %v (it relies on the port's interrupt)", err)
-	}
 	for {
-		if _, err := f.Write([]byte{'.'}); err != nil {
+		if _, err := f.WriteAt([]byte{'.'}, off); err != nil {
 			logf("nested: heartbeat: %v", err)
 			return
 		}
 		time.Sleep(time.Second)
 	}
-}
-
-// pollSerial makes the kernel drive the UART behind fd from a timer
-// instead of its interrupt (setserial's "irq 0"). Heavily loaded L1
-// guests have gone minutes without a heartbeat byte reaching the host
-// while everything else in them kept running: the port's transmit
-// interrupt did not arrive. A timer does not depend on it.
-func pollSerial(fd int) error {
-	// struct serial_struct (include/uapi/linux/serial.h): irq is the int
-	// at offset 12 of its 72 bytes on x86-64.
-	var ss [72]byte
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TIOCGSERIAL, uintptr(unsafe.Pointer(&ss[0]))); e != 0 {
-		return fmt.Errorf("TIOCGSERIAL: %w", e)
-	}
-	if binary.NativeEndian.Uint32(ss[12:]) == 0 {
-		return nil
-	}
-	binary.NativeEndian.PutUint32(ss[12:], 0)
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TIOCSSERIAL, uintptr(unsafe.Pointer(&ss[0]))); e != 0 {
-		return fmt.Errorf("TIOCSSERIAL: %w", e)
-	}
-	return nil
 }
 
 // KVM ioctls (include/uapi/linux/kvm.h) that take no pointer.

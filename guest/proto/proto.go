@@ -117,10 +117,11 @@ type Nested struct {
 	IOTag string `json:"io_tag"`
 	// Mounts are extra host directories, mounted at the same path in L1.
 	Mounts []NestedMount `json:"mounts,omitempty"`
-	// Heartbeat is a device in L1 (a serial port whose output the host
-	// watches) to which init writes a byte every second, so the host can
-	// tell a stuck L1 from a slow one.
-	Heartbeat string `json:"heartbeat,omitempty"`
+	// Heartbeat is a device file in L1 to which init writes a byte every
+	// second, at offset HeartbeatOffset, so the host, which watches what
+	// arrives, can tell a stuck L1 from a slow one.
+	Heartbeat       string `json:"heartbeat,omitempty"`
+	HeartbeatOffset int64  `json:"heartbeat_offset,omitempty"`
 }
 
 // NestedMount is one extra 9p share.

@@ -45,17 +45,22 @@ const (
 // maxResultSize bounds what is read back from the IO share: L1 is a guest.
 const maxResultSize = 16 << 20
 
-// L1 liveness: the L1 init writes a byte to its second serial port (L1's
-// ttyS1, a file on the host) every second. No byte for Stall (default
-// DefaultStall) means L1 stopped: its kernel locked up, or QEMU was
-// stopped. An L1 busy with heavy share I/O has gone more than 45 s without
-// one and then finished, so the default leaves room for that. Before the first byte, L1 has BootLimit (DefaultBootLimit) to
-// boot.
+// L1 liveness: the L1 init writes a byte to an ISA debug port (QEMU's
+// isa-debugcon, whose output is a file on the host) every second, through
+// /dev/port: an OUT to that port reaches the file at once, with no driver
+// or interrupt in the way. (A serial port did not do: loaded L1 guests went
+// minutes without its transmit interrupt while all else in them ran.) No
+// byte for Stall (default DefaultStall) means L1 stopped: its kernel locked
+// up, or QEMU was stopped. Before the first byte, L1 has BootLimit
+// (DefaultBootLimit) to boot.
 const (
 	DefaultStall     = 2 * time.Minute
 	DefaultBootLimit = 3 * time.Minute
-	heartbeatTTY     = "/dev/ttyS1"
-	heartbeatFile    = "heartbeat"
+	heartbeatDev     = "/dev/port"
+	// heartbeatPort is free on QEMU's pc machine: not SeaBIOS's debug
+	// port (0x402), whose log would pass for a heartbeat.
+	heartbeatPort = 0x4f0
+	heartbeatFile = "heartbeat"
 )
 
 // ErrL1Stuck is wrapped by Run's error when L1 stopped making progress
@@ -433,7 +438,7 @@ func overlaidPaths(have []proto.NestedMount, paths ...string) []proto.NestedMoun
 // runFile is what L1's init reads: the command and where the shares are.
 func runFile(o Options) proto.Run {
 	return proto.Run{Args: o.Args, Env: o.Env, Dir: o.Dir, Stdio: o.Stdio != nil,
-		Nested: &proto.Nested{RootTag: rootTag, IOTag: ioTag, Mounts: o.Mounts, Heartbeat: heartbeatTTY}}
+		Nested: &proto.Nested{RootTag: rootTag, IOTag: ioTag, Mounts: o.Mounts, Heartbeat: heartbeatDev, HeartbeatOffset: heartbeatPort}}
 }
 
 // buildInitrd writes o.Initrd followed by the run archive to path. The
@@ -488,7 +493,7 @@ func qemuArgs(o Options, initrd, ioDir, heartbeat string, debug bool) []string {
 		"-smp", strconv.Itoa(o.CPUs), "-m", strconv.Itoa(o.MemoryMiB),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
-		"-chardev", "file,id=hb,path=" + heartbeat, "-serial", "chardev:hb",
+		"-chardev", "file,id=hb,path=" + heartbeat, "-device", fmt.Sprintf("isa-debugcon,iobase=%#x,chardev=hb", heartbeatPort),
 		"-kernel", o.Kernel, "-initrd", initrd, "-append", cmdline,
 		"-virtfs", virtfs("/", rootTag, true),
 		"-virtfs", virtfs(ioDir, ioTag, false),

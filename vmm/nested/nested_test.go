@@ -41,7 +41,7 @@ func TestQEMUArgs(t *testing.T) {
 	for _, want := range []string{
 		"-accel tcg,thread=multi", "-cpu max", "-smp 3", "-m 2048", "-nodefaults", "-no-user-config",
 		"-display none", "-no-reboot", "-chardev stdio,id=con,signal=off", "-serial chardev:con",
-		"-chardev file,id=hb,path=/t/hb -serial chardev:hb",
+		"-chardev file,id=hb,path=/t/hb -device isa-debugcon,iobase=0x4f0,chardev=hb",
 		"-kernel /k/vmlinuz", "-initrd /t/initrd",
 		"-virtfs local,path=/,mount_tag=hostroot,security_model=none,multidevs=remap,readonly=on",
 		"-virtfs local,path=/t/io,mount_tag=emberio,security_model=none,multidevs=remap -",
