@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -205,5 +206,36 @@ func TestVML1KVMParameters(t *testing.T) {
 		if err != nil || (got != want && got != "N") {
 			t.Errorf("kvm_amd.%s = %q (%v), want %s as L1's command line says", p, got, err, want)
 		}
+	}
+}
+
+// Inside L1, every CPU's tick is periodic on the local APIC timer (not
+// TSC-deadline, not one-shot), as L1's command line asks: a lost
+// interrupt then costs one tick, not the CPU's timers for good.
+func TestVML1PeriodicTimer(t *testing.T) {
+	needVM(t)
+	if !env.inside {
+		t.Skip("runs inside ember's nested L1 guest only")
+	}
+	b, err := os.ReadFile("/proc/timer_list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var devices, modes []string
+	for _, l := range strings.Split(string(b), "\n") {
+		l = strings.TrimSpace(l)
+		if v, ok := strings.CutPrefix(l, "Clock Event Device:"); ok {
+			devices = append(devices, strings.TrimSpace(v))
+		}
+		if v, ok := strings.CutPrefix(l, "Tick Device: mode:"); ok {
+			modes = append(modes, strings.TrimSpace(v))
+		}
+	}
+	if len(modes) < 2 || slices.ContainsFunc(modes, func(m string) bool { return m != "0" }) {
+		t.Errorf("tick device modes %v, want 0 (periodic) on every CPU", modes)
+	}
+	// The first is the broadcast device (the HPET); then one per CPU.
+	if !slices.Contains(devices, "lapic") || slices.Contains(devices, "lapic-deadline") {
+		t.Errorf("clock event devices %v, want the CPUs' lapic (not lapic-deadline)", devices)
 	}
 }

@@ -488,6 +488,13 @@ func qemuArgs(o Options, initrd, ioDir, heartbeat string, debug bool) []string {
 	// VMLOAD/VMSAVE only help a guest that runs guests of its own, which
 	// the inner VM never does.
 	cmdline += " kvm_amd.npt=0 kvm_amd.vgif=0 kvm_amd.vls=0"
+	// L1's timer in periodic mode, not one-shot: loaded L1 guests have
+	// gone minutes without a timer interrupt on a CPU while interrupt-
+	// driven work went on. A one-shot timer whose interrupt is lost is
+	// never armed again, and every sleeper and timeout on that CPU
+	// (L1's heartbeat; the inner guest's own timer, which KVM runs on
+	// L1's) waits for ever; a periodic one misses one tick.
+	cmdline += " lapic=notscdeadline highres=off nohz=off"
 	a := []string{
 		"-accel", "tcg,thread=multi", "-cpu", "max",
 		"-smp", strconv.Itoa(o.CPUs), "-m", strconv.Itoa(o.MemoryMiB),

@@ -53,7 +53,7 @@ func TestQEMUArgs(t *testing.T) {
 		}
 	}
 	i := slices.Index(a, "-append")
-	if i < 0 || a[i+1] != "console=ttyS0 quiet loglevel=0 panic=-1 kvm_amd.npt=0 kvm_amd.vgif=0 kvm_amd.vls=0" {
+	if i < 0 || a[i+1] != "console=ttyS0 quiet loglevel=0 panic=-1 kvm_amd.npt=0 kvm_amd.vgif=0 kvm_amd.vls=0 lapic=notscdeadline highres=off nohz=off" {
 		t.Errorf("-append: %q", a)
 	}
 	d := qemuArgs(o, "/t/initrd", "/t/io", "/t/hb", true)
