@@ -20,6 +20,7 @@ import (
 
 // Share benchmark sizes: EMBER_BENCH_SHARE_FILES small files and a file of
 // EMBER_BENCH_SHARE_MIB MiB (10,000 and 1024 by default).
+// EMBER_BENCH_SHARE_ONLY limits the contenders.
 func shareBenchSizes() (files, mib int) {
 	files, mib = 10000, 1024
 	if v, err := strconv.Atoi(os.Getenv("EMBER_BENCH_SHARE_FILES")); err == nil && v > 0 {
@@ -71,6 +72,15 @@ func BenchmarkVMShares(b *testing.B) {
 				"-fsdev", "local,id=f0,path="+dir+",security_model=none",
 				"-device", "virtio-9p-device,fsdev=f0,mount_tag=share0")
 		}},
+	}
+	// EMBER_BENCH_SHARE_ONLY names the contenders to run (comma-separated).
+	if only := os.Getenv("EMBER_BENCH_SHARE_ONLY"); only != "" {
+		contenders = slices.DeleteFunc(contenders, func(c struct {
+			name string
+			cmd  func(ctx context.Context, dir string) *exec.Cmd
+		}) bool {
+			return !slices.Contains(strings.Split(only, ","), c.name)
+		})
 	}
 	results := map[string]map[string][]float64{}
 	for b.Loop() {
