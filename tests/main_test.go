@@ -166,7 +166,7 @@ func runInside() int {
 		return 1
 	}
 	l1 := image(nil, "amd64")
-	args := []string{"/usr/bin/env", insideVar + "=1", "EMBER_CACHE_DIR=" + env.cacheDir, "EMBER_E2E_HOSTILE=" + env.hostile, "EMBER_E2E_IOPERF=" + env.ioperf, "EMBER_E2E_SHARECHECK=" + env.sharecheck, "EMBER_BENCH_SHARE_FILES=" + os.Getenv("EMBER_BENCH_SHARE_FILES"), "EMBER_BENCH_SHARE_MIB=" + os.Getenv("EMBER_BENCH_SHARE_MIB"), "EMBER_E2E_KVMTEST=" + env.kvmTest, "EMBER_E2E_VMMTEST=" + env.vmmTest, "PATH=" + os.Getenv("PATH"),
+	args := []string{"/usr/bin/env", insideVar + "=1", "EMBER_CACHE_DIR=" + env.cacheDir, "EMBER_E2E_HOSTILE=" + env.hostile, "EMBER_E2E_IOPERF=" + env.ioperf, "EMBER_E2E_SHARECHECK=" + env.sharecheck, "EMBER_BENCH_SHARE_FILES=" + os.Getenv("EMBER_BENCH_SHARE_FILES"), "EMBER_BENCH_SHARE_MIB=" + os.Getenv("EMBER_BENCH_SHARE_MIB"), "EMBER_BENCH_SHARE_ONLY=" + os.Getenv("EMBER_BENCH_SHARE_ONLY"), "EMBER_E2E_KVMTEST=" + env.kvmTest, "EMBER_E2E_VMMTEST=" + env.vmmTest, "PATH=" + os.Getenv("PATH"),
 		self, "-test.v"}
 	runFilter := "VM"
 	// Benchmarks run long, heavy phases: they get more time, and L1 may
