@@ -52,18 +52,19 @@ func BenchmarkVMShares(b *testing.B) {
 	}
 	progs := map[string]string{"sharecheck": env.sharecheck}
 	emberInitrd, qemuInitrd := initrdFor(b, "amd64", progs, nil), initrdFor(b, "amd64", progs, run)
-	contenders := []struct {
+	type contender struct {
 		name string
 		cmd  func(ctx context.Context, dir string) *exec.Cmd
-	}{
-		{"ember-virtiofs", func(ctx context.Context, dir string) *exec.Cmd {
+	}
+	ember := func(share string) func(ctx context.Context, dir string) *exec.Cmd {
+		return func(ctx context.Context, dir string) *exec.Cmd {
 			return exec.CommandContext(ctx, env.ember, append([]string{"run", "--accel", "kvm", "--cache-dir", env.cacheDir,
-				"--kernel", "debian:amd64", "--initrd", emberInitrd, "--share", dir + ":/mnt/share", "--"}, args...)...)
-		}},
-		{"ember-9p", func(ctx context.Context, dir string) *exec.Cmd {
-			return exec.CommandContext(ctx, env.ember, append([]string{"run", "--accel", "kvm", "--cache-dir", env.cacheDir,
-				"--kernel", "debian:amd64", "--initrd", emberInitrd, "--share", dir + ":/mnt/share,9p", "--"}, args...)...)
-		}},
+				"--kernel", "debian:amd64", "--initrd", emberInitrd, "--share", dir + ":/mnt/share" + share, "--"}, args...)...)
+		}
+	}
+	contenders := []contender{
+		{"ember-virtiofs", ember("")},
+		{"ember-9p", ember(",9p")},
 		{"qemu-9p", func(ctx context.Context, dir string) *exec.Cmd {
 			return exec.CommandContext(ctx, qemu, "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "512", "-smp", "1",
 				"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
@@ -75,10 +76,7 @@ func BenchmarkVMShares(b *testing.B) {
 	}
 	// EMBER_BENCH_SHARE_ONLY names the contenders to run (comma-separated).
 	if only := os.Getenv("EMBER_BENCH_SHARE_ONLY"); only != "" {
-		contenders = slices.DeleteFunc(contenders, func(c struct {
-			name string
-			cmd  func(ctx context.Context, dir string) *exec.Cmd
-		}) bool {
+		contenders = slices.DeleteFunc(contenders, func(c contender) bool {
 			return !slices.Contains(strings.Split(only, ","), c.name)
 		})
 	}
