@@ -158,15 +158,18 @@ func (d *Device) handle(c *virtio.Chain, i int) int {
 	// changes what it writes.
 	r := c.Reader()
 	in := d.in[i][:c.ReadLen()]
-	if _, err := io.ReadFull(r, in[:min(len(in), writeHeaders)]); err != nil {
+	head := in[:min(len(in), writeHeaders)]
+	if _, err := io.ReadFull(r, head); err != nil {
 		d.fault("reading request: %v", err)
 		return 0
 	}
-	req := append(d.req[i][:0], in[:min(len(in), writeHeaders)])
-	if len(in) > writeHeaders && isPlainWrite(in) {
+	req := append(d.req[i][:0], head)
+	switch {
+	case len(in) == len(head):
+	case isPlainWrite(head):
 		req = r.Next(r.Len(), req)
-	} else if len(in) > writeHeaders {
-		_, _ = io.ReadFull(r, in[writeHeaders:])
+	default:
+		_, _ = io.ReadFull(r, in[len(head):])
 		req[0] = in
 	}
 	d.req[i] = req
