@@ -292,9 +292,10 @@ func loadModule(path, params string) error {
 }
 
 // moduleParams picks out of the kernel command line's words the
-// "module.param=value" ones for the module at path, as modprobe does: the kernel applies them
-// only to built-in code, so a module loaded without them ignores what the
-// user asked for. Dashes and underscores in module names are the same.
+// "module.param=value" ones for the module at path, as modprobe does: the
+// kernel applies them only to built-in code, so a module loaded without
+// them ignores what the user asked for. Dashes and underscores in module
+// names are the same.
 func moduleParams(words []string, path string) string {
 	name := filepath.Base(path)
 	if i := strings.Index(name, ".ko"); i > 0 {
