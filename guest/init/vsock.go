@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -55,6 +56,9 @@ func vsockMain(args []string) int {
 	return 0
 }
 
+// vsockConnectTimeout bounds how long a connect waits for the host.
+const vsockConnectTimeout = 30 * time.Second
+
 func vsockAccept(port uint32) (int, error) {
 	s, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -75,14 +79,54 @@ func vsockAccept(port uint32) (int, error) {
 	return fd, nil
 }
 
+// vsockDial connects without blocking in connect(2): a blocking vsock
+// connect is cancelled with EINTR by any signal (Go preempts goroutines
+// with SIGURG), and by then the host may have accepted the connection. A
+// slow host (nested) gets longer than the kernel's 2 s default.
 func vsockDial(cid, port uint32) (int, error) {
-	s, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	s, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return -1, fmt.Errorf("socket: %w", err)
 	}
-	if err := unix.Connect(s, &unix.SockaddrVM{CID: cid, Port: port}); err != nil {
+	fail := func(err error) (int, error) {
 		unix.Close(s)
 		return -1, fmt.Errorf("connect %d:%d: %w", cid, port, err)
+	}
+	tv := unix.Timeval{Sec: int64(vsockConnectTimeout / time.Second)}
+	if err := unix.SetsockoptTimeval(s, unix.AF_VSOCK, unix.SO_VM_SOCKETS_CONNECT_TIMEOUT, &tv); err != nil {
+		return fail(err)
+	}
+	err = unix.Connect(s, &unix.SockaddrVM{CID: cid, Port: port})
+	if err != nil && err != unix.EINPROGRESS {
+		return fail(err)
+	}
+	// The kernel ends a pending connect itself after the timeout above;
+	// the poll's own bound is a backstop a little beyond it.
+	deadline := time.Now().Add(vsockConnectTimeout + 5*time.Second)
+	for err != nil {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return fail(unix.ETIMEDOUT)
+		}
+		fds := []unix.PollFd{{Fd: int32(s), Events: unix.POLLOUT}}
+		n, perr := unix.Poll(fds, int(left/time.Millisecond)+1)
+		if perr == unix.EINTR || n == 0 {
+			continue
+		}
+		if perr != nil {
+			return fail(perr)
+		}
+		soerr, gerr := unix.GetsockoptInt(s, unix.SOL_SOCKET, unix.SO_ERROR)
+		switch {
+		case gerr != nil:
+			return fail(gerr)
+		case soerr != 0:
+			return fail(unix.Errno(soerr))
+		}
+		err = nil
+	}
+	if err := unix.SetNonblock(s, false); err != nil {
+		return fail(err)
 	}
 	return s, nil
 }
