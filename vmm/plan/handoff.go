@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -95,24 +94,26 @@ func Handoff(exe string, p *Plan, s Session, logLevel string) error {
 			return fmt.Errorf("tap %s: %w", n.Tap, err)
 		}
 	}
-	err = syscall.Exec(exe, args, vmmEnv(os.Environ(), p.CPUs, runtime.NumCPU()))
+	err = syscall.Exec(exe, args, vmmEnv(os.Environ(), p.CPUs))
 	f.Close()
 	return fmt.Errorf("exec %s: %w", exe, err)
 }
 
 // vmmEnv is ember-vmm's environment: env, with GOMAXPROCS at the VM's
-// vCPU count (at most the host's CPUs) unless the user set it. vCPU
-// threads hold no scheduler slot while the guest runs, so the Go code
-// between exits needs no more slots than there are vCPUs, and each slot
-// keeps its own partly filled heap spans: one per vCPU is a few hundred
-// KiB less resident than one per host CPU.
-func vmmEnv(env []string, cpus, hostCPUs int) []string {
+// vCPU count plus one unless the user set it. A vCPU thread in KVM_RUN
+// keeps its scheduler slot until the runtime's monitor takes it back,
+// which is at least two of its ticks (tens of microseconds, or whole
+// timer ticks on a host without high-resolution timers): with a slot per
+// vCPU only, every device wake-up waited for that. The spare slot lets
+// device goroutines run at once; more slots would only add partly
+// filled heap spans (a few hundred KiB each).
+func vmmEnv(env []string, cpus int) []string {
 	for _, e := range env {
 		if strings.HasPrefix(e, "GOMAXPROCS=") {
 			return env
 		}
 	}
-	return append(env[:len(env):len(env)], "GOMAXPROCS="+strconv.Itoa(max(1, min(cpus, hostCPUs))))
+	return append(env[:len(env):len(env)], "GOMAXPROCS="+strconv.Itoa(max(1, cpus)+1))
 }
 
 // Main is ember-vmm: it runs the plan that ember handed off and returns

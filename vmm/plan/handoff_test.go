@@ -76,16 +76,16 @@ func TestMainHelp(t *testing.T) {
 func TestVMMEnv(t *testing.T) {
 	base := []string{"PATH=/bin", "HOME=/root"}
 	for _, c := range []struct {
-		env       []string
-		cpus, max int
-		want      string
+		env  []string
+		cpus int
+		want string
 	}{
-		{base, 1, 8, "GOMAXPROCS=1"},
-		{base, 4, 8, "GOMAXPROCS=4"},
-		{base, 16, 2, "GOMAXPROCS=2"},
-		{append(slices.Clone(base), "GOMAXPROCS=7"), 1, 8, "GOMAXPROCS=7"},
+		{base, 1, "GOMAXPROCS=2"},
+		{base, 4, "GOMAXPROCS=5"},
+		{base, 16, "GOMAXPROCS=17"},
+		{append(slices.Clone(base), "GOMAXPROCS=7"), 1, "GOMAXPROCS=7"},
 	} {
-		got := vmmEnv(c.env, c.cpus, c.max)
+		got := vmmEnv(c.env, c.cpus)
 		var set []string
 		for _, e := range got {
 			if strings.HasPrefix(e, "GOMAXPROCS=") {
@@ -93,12 +93,12 @@ func TestVMMEnv(t *testing.T) {
 			}
 		}
 		if len(set) != 1 || set[0] != c.want || !slices.Contains(got, "PATH=/bin") {
-			t.Errorf("vmmEnv(%v, %d, %d) = %v, want one %s and the rest kept", c.env, c.cpus, c.max, got, c.want)
+			t.Errorf("vmmEnv(%v, %d) = %v, want one %s and the rest kept", c.env, c.cpus, got, c.want)
 		}
 	}
 	// The caller's slice keeps its contents, spare capacity included.
 	roomy := append(make([]string, 0, 4), base...)
-	vmmEnv(roomy, 1, 1)
+	vmmEnv(roomy, 1)
 	if spare := roomy[:3][2]; spare != "" {
 		t.Fatalf("vmmEnv wrote %q into its argument's spare capacity", spare)
 	}
