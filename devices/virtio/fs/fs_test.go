@@ -18,19 +18,22 @@ import (
 
 // FUSE opcodes (include/uapi/linux/fuse.h) the tests send.
 const (
-	opLookup  = 1
-	opGetattr = 3
-	opSetattr = 4
-	opMknod   = 8
-	opMkdir   = 9
-	opUnlink  = 10
-	opRename  = 12
-	opOpen    = 14
-	opRead    = 15
-	opInit    = 26
-	opCreate  = 35
-	reqQueue  = 1
-	rootID    = 1
+	opLookup      = 1
+	opGetattr     = 3
+	opSetattr     = 4
+	opMknod       = 8
+	opMkdir       = 9
+	opUnlink      = 10
+	opRename      = 12
+	opOpen        = 14
+	opRead        = 15
+	opInit        = 26
+	opCreate      = 35
+	opSetxattr    = 21
+	opGetxattr    = 22
+	opRemovexattr = 24
+	reqQueue      = 1
+	rootID        = 1
 )
 
 // client is a guest's FUSE driver over the request queue.
@@ -420,5 +423,34 @@ func TestWriteScattered(t *testing.T) {
 			t.Fatalf("split %v: host file differs (%d bytes)", split, len(got))
 		}
 		os.WriteFile(filepath.Join(dir, "hello"), []byte("hello from the host"), 0o644)
+	}
+}
+
+// The share keeps no extended attributes, and says so with ENOSYS, which
+// the guest's kernel remembers: it would otherwise ask before every
+// write. Nothing reaches the host's attributes.
+func TestNoXattrs(t *testing.T) {
+	dir := share(t)
+	c := newClient(t, dir, false)
+	id, _, e := c.lookup(rootID, "hello")
+	if e != 0 {
+		t.Fatalf("lookup hello: %v", e)
+	}
+	getIn := append(binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint32(nil, 256), 0), name("security.capability")...)
+	if st, _ := c.call(opGetxattr, id, getIn, 256); syscall.Errno(-st) != syscall.ENOSYS {
+		t.Errorf("GETXATTR: status %d, want ENOSYS", st)
+	}
+	// struct fuse_setxattr_in: size, flags, setxattr_flags, padding.
+	setIn := make([]byte, 16)
+	binary.LittleEndian.PutUint32(setIn, 1)
+	setIn = append(append(setIn, name("user.x")...), 'v')
+	if st, _ := c.call(opSetxattr, id, setIn, 0); syscall.Errno(-st) != syscall.ENOSYS {
+		t.Errorf("SETXATTR: status %d, want ENOSYS", st)
+	}
+	if st, _ := c.call(opRemovexattr, id, name("user.x"), 0); syscall.Errno(-st) != syscall.ENOSYS {
+		t.Errorf("REMOVEXATTR: status %d, want ENOSYS", st)
+	}
+	if n, err := unix.Lgetxattr(filepath.Join(dir, "hello"), "user.x", nil); err == nil {
+		t.Errorf("user.x set on the host (%d bytes)", n)
 	}
 }
