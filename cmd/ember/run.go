@@ -262,6 +262,9 @@ func applyFlags(cmd *cobra.Command, cfg *configs.VM, f *runFlags) error {
 	if fl.Changed("accel") {
 		cfg.Machine.Accel = f.accel
 	}
+	if f.nestedStall < 0 {
+		return fmt.Errorf("--nested-stall %s: must not be negative", f.nestedStall)
+	}
 	if fl.Changed("timeout") {
 		if f.timeout < 0 {
 			return fmt.Errorf("--timeout %s: must not be negative", f.timeout)

@@ -20,6 +20,7 @@ type testFlags struct {
 	junit, accel, resultFile string
 	json                     bool
 	parallel                 int
+	nestedStall              time.Duration
 }
 
 func newTestCmd(g *globals) *cobra.Command {
@@ -60,6 +61,7 @@ could not run the matrix (bad file, no accelerator).`,
 	fl.BoolVar(&f.json, "json", false, "print the results as JSON instead of a table")
 	fl.StringVar(&f.accel, "accel", "auto", "accelerator: auto, kvm or nested")
 	fl.IntVar(&f.parallel, "parallel", 0, "targets run at once (overrides the file's parallel)")
+	fl.DurationVar(&f.nestedStall, "nested-stall", 0, "with --accel nested: how long the L1 guest may go without a heartbeat before it is taken for stuck (default 2m)")
 	_ = cmd.RegisterFlagCompletionFunc("accel", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 		return []string{"auto", "kvm", "nested"}, cobra.ShellCompDirectiveNoFileComp
 	})
@@ -80,11 +82,14 @@ func runTests(cmd *cobra.Command, g *globals, f *testFlags, path string) error {
 	if err := checkAccelFlag(f.accel); err != nil {
 		return err
 	}
+	if f.nestedStall < 0 {
+		return fmt.Errorf("--nested-stall %s: must not be negative", f.nestedStall)
+	}
 	cacheDir := g.cacheDir
 	if cacheDir == "" {
 		cacheDir = images.DefaultDir()
 	}
-	o := launch.Options{Stderr: os.Stderr, Log: g.log, Progress: progress(false), CacheDir: cacheDir}
+	o := launch.Options{Stderr: os.Stderr, Log: g.log, Progress: progress(false), CacheDir: cacheDir, NestedStall: f.nestedStall}
 	started := time.Now()
 	fmt.Fprintf(os.Stderr, "ember: %d targets, %d at a time\n", len(m.Targets), m.Parallel)
 	rep, err := launch.RunMatrix(cmd.Context(), m, f.accel, o, func(t launch.TargetResult) {
