@@ -69,6 +69,20 @@ func checkAccelFlag(v string) error {
 	return fmt.Errorf("--accel %q: expected auto, kvm or nested", v)
 }
 
+// addNestedStallFlag adds --nested-stall to a command that may run its
+// VMs inside an L1 guest.
+func addNestedStallFlag(cmd *cobra.Command, d *time.Duration) {
+	cmd.Flags().DurationVar(d, "nested-stall", 0, "with --accel nested: how long the L1 guest may go without a heartbeat before it is taken for stuck (default 2m)")
+}
+
+// checkNestedStall refuses a negative --nested-stall (zero is the default).
+func checkNestedStall(d time.Duration) error {
+	if d < 0 {
+		return fmt.Errorf("--nested-stall %s: must not be negative", d)
+	}
+	return nil
+}
+
 // progress returns where human progress lines go: stderr, unless the
 // output is for machines.
 func progress(quiet bool) io.Writer {

@@ -76,7 +76,7 @@ file, no accelerator); 127 the guest init could not start the command;
 	fl.StringVar(&f.memory, "memory", "", "guest RAM, e.g. 512M or 2G")
 	fl.StringVar(&f.accel, "accel", "", "accelerator: auto, kvm or nested")
 	fl.DurationVar(&f.timeout, "timeout", 0, "stop the guest after this long (e.g. 30s); exit status 124")
-	fl.DurationVar(&f.nestedStall, "nested-stall", 0, "with --accel nested: how long the L1 guest may go without a heartbeat before it is taken for stuck (default 2m)")
+	addNestedStallFlag(cmd, &f.nestedStall)
 	fl.StringArrayVar(&f.env, "env", nil, "KEY=VALUE for the guest command (repeatable)")
 	fl.StringArrayVar(&f.drives, "drive", nil, "virtio disk: path=IMAGE[,ro][,id=SERIAL] (repeatable; adds to the config's drives)")
 	fl.StringArrayVar(&f.nets, "net", nil, "virtio-net over a tap: tap=NAME[,mac=MAC][,bridge=BRIDGE] (repeatable; a missing tap is created)")
@@ -262,8 +262,8 @@ func applyFlags(cmd *cobra.Command, cfg *configs.VM, f *runFlags) error {
 	if fl.Changed("accel") {
 		cfg.Machine.Accel = f.accel
 	}
-	if f.nestedStall < 0 {
-		return fmt.Errorf("--nested-stall %s: must not be negative", f.nestedStall)
+	if err := checkNestedStall(f.nestedStall); err != nil {
+		return err
 	}
 	if fl.Changed("timeout") {
 		if f.timeout < 0 {

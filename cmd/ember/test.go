@@ -61,7 +61,7 @@ could not run the matrix (bad file, no accelerator).`,
 	fl.BoolVar(&f.json, "json", false, "print the results as JSON instead of a table")
 	fl.StringVar(&f.accel, "accel", "auto", "accelerator: auto, kvm or nested")
 	fl.IntVar(&f.parallel, "parallel", 0, "targets run at once (overrides the file's parallel)")
-	fl.DurationVar(&f.nestedStall, "nested-stall", 0, "with --accel nested: how long the L1 guest may go without a heartbeat before it is taken for stuck (default 2m)")
+	addNestedStallFlag(cmd, &f.nestedStall)
 	_ = cmd.RegisterFlagCompletionFunc("accel", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 		return []string{"auto", "kvm", "nested"}, cobra.ShellCompDirectiveNoFileComp
 	})
@@ -82,8 +82,8 @@ func runTests(cmd *cobra.Command, g *globals, f *testFlags, path string) error {
 	if err := checkAccelFlag(f.accel); err != nil {
 		return err
 	}
-	if f.nestedStall < 0 {
-		return fmt.Errorf("--nested-stall %s: must not be negative", f.nestedStall)
+	if err := checkNestedStall(f.nestedStall); err != nil {
+		return err
 	}
 	cacheDir := g.cacheDir
 	if cacheDir == "" {
