@@ -20,7 +20,6 @@ import (
 
 // Share benchmark sizes: EMBER_BENCH_SHARE_FILES small files and a file of
 // EMBER_BENCH_SHARE_MIB MiB (10,000 and 1024 by default).
-// EMBER_BENCH_SHARE_ONLY limits the contenders.
 func shareBenchSizes() (files, mib int) {
 	files, mib = 10000, 1024
 	if v, err := strconv.Atoi(os.Getenv("EMBER_BENCH_SHARE_FILES")); err == nil && v > 0 {
@@ -76,9 +75,8 @@ func BenchmarkVMShares(b *testing.B) {
 	}
 	// EMBER_BENCH_SHARE_ONLY names the contenders to run (comma-separated).
 	if only := os.Getenv("EMBER_BENCH_SHARE_ONLY"); only != "" {
-		contenders = slices.DeleteFunc(contenders, func(c contender) bool {
-			return !slices.Contains(strings.Split(only, ","), c.name)
-		})
+		names := strings.Split(only, ",")
+		contenders = slices.DeleteFunc(contenders, func(c contender) bool { return !slices.Contains(names, c.name) })
 	}
 	results := map[string]map[string][]float64{}
 	for b.Loop() {
