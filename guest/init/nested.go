@@ -63,6 +63,9 @@ func nestedMain(r *proto.Run) int {
 		// sees no status file and shows this console output.
 		logf("nested: %v", err)
 	}
+	if err := holdCgroupKeys(nestedRoot + "/sys/fs/cgroup"); err != nil {
+		logf("nested: %v", err)
+	}
 	if err := unix.Chroot(nestedRoot); err != nil {
 		logf("nested: chroot %s: %v", nestedRoot, err)
 		return proto.StatusInitFailed
