@@ -9,6 +9,7 @@ import (
 
 	"github.com/ember-vmm/ember/vmm"
 	"github.com/ember-vmm/ember/vmm/hostio"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 )
 
@@ -46,8 +47,10 @@ func (s Session) Serve(run func(Options) (*Report, error)) (int, error) {
 		defer stdout.Close()
 	}
 	o := Options{KVMPath: s.KVMPath, Stdout: stdout, Stderr: os.Stderr, Log: s.Log, Started: s.Started, pre: s.pre}
-	if !s.Interactive && !isTerminal(os.Stdin) {
+	if !s.Interactive && !isTerminal(os.Stdin) && !isNull(os.Stdin) {
 		// The command reads ember's stdin; a terminal stays ember's.
+		// /dev/null is end of file at once, which is also what no stdin
+		// gives, and then a run has no input to lose if it is retried.
 		in := hostio.NewInput(os.Stdin)
 		defer in.Close()
 		o.CommandStdin = in
@@ -96,3 +99,9 @@ func (s Session) Serve(run func(Options) (*Report, error)) (int, error) {
 
 // isTerminal says whether f is a terminal.
 func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
+
+// isNull tells whether f is /dev/null (character device 1:3).
+func isNull(f *os.File) bool {
+	var st unix.Stat_t
+	return unix.Fstat(int(f.Fd()), &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == unix.Mkdev(1, 3)
+}
