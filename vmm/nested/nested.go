@@ -155,37 +155,55 @@ type Result struct {
 // Run boots L1, runs o.Args there and returns their exit status. On ctx's
 // end QEMU is killed and ctx's error returned. Temporary files are removed
 // in every case.
+//
+// An L1 that locks up before it starts the command is booted once more
+// (saying so in the log), when that cannot lose anything: there is no
+// input that the first L1 may have taken. Under the emulator, L1's kernel
+// sometimes wedges for good while it patches its own code (README, known
+// issues), and most of that patching happens while it boots.
 func Run(ctx context.Context, o Options) (*Result, error) {
 	o, err := o.withDefaults()
 	if err != nil {
 		return nil, err
 	}
 	sweepTemp()
+	res, started, err := runL1(ctx, o)
+	if errors.Is(err, ErrL1Stuck) && !started && o.Stdin == nil && (o.Stdio == nil || o.Stdio.Stdin == nil) {
+		o.Log.Warn("nested: L1 locked up before it started the command; booting a fresh one", "err", err)
+		res, _, err = runL1(ctx, o)
+	}
+	return res, err
+}
+
+// runL1 is one L1 run; started tells whether L1 got as far as starting
+// the command.
+func runL1(ctx context.Context, o Options) (*Result, bool, error) {
 	tmp, err := os.MkdirTemp("", tempPrefix+strconv.Itoa(os.Getpid())+"-")
 	if err != nil {
-		return nil, fmt.Errorf("nested: %w", err)
+		return nil, false, fmt.Errorf("nested: %w", err)
 	}
 	defer os.RemoveAll(tmp)
 	ioDir := filepath.Join(tmp, "io")
 	if err := os.Mkdir(ioDir, 0o755); err != nil {
-		return nil, fmt.Errorf("nested: %w", err)
+		return nil, false, fmt.Errorf("nested: %w", err)
 	}
 	for name, b := range o.IOFiles {
 		if err := os.WriteFile(filepath.Join(ioDir, name), b, 0o644); err != nil {
-			return nil, fmt.Errorf("nested: %w", err)
+			return nil, false, fmt.Errorf("nested: %w", err)
 		}
 	}
 	initrd := filepath.Join(tmp, "l1-initrd.cpio")
 	if err := buildInitrd(o, initrd); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	hb := filepath.Join(tmp, heartbeatFile)
 	debug := o.Log.Enabled(ctx, slog.LevelDebug)
-	args := qemuArgs(o, initrd, ioDir, hb, debug)
+	qmp := filepath.Join(tmp, "qmp.sock")
+	args := qemuArgs(o, initrd, ioDir, hb, qmp, debug)
 	var link *stdioLink
 	if o.Stdio != nil {
 		if link, err = startStdio(tmp, o.Stdio); err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		defer link.close()
 		args = append(args, link.args()...)
@@ -204,7 +222,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		// terminal (raw mode, size changes) and QEMU can live in a process
 		// group of its own, killed as a whole.
 		if stdin, err = cmd.StdinPipe(); err != nil {
-			return nil, fmt.Errorf("nested: %w", err)
+			return nil, false, fmt.Errorf("nested: %w", err)
 		}
 	}
 	tail := &hostio.Tail{Max: 16 << 10}
@@ -215,7 +233,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("nested: starting %s: %w", o.QEMU, err)
+		return nil, false, fmt.Errorf("nested: starting %s: %w", o.QEMU, err)
 	}
 	copied := make(chan struct{})
 	if stdin != nil {
@@ -252,11 +270,13 @@ wait:
 			break wait
 		case <-ctx.Done():
 			kill()
-			return nil, ctx.Err()
+			return nil, false, ctx.Err()
 		case now := <-tick.C:
 			if msg := live.check(now); msg != "" {
+				cpus := vcpuState(qmp, filepath.Dir(o.Kernel))
 				kill()
-				return nil, fmt.Errorf("nested: %w: %s; it was stopped. Last console output:\n%s", ErrL1Stuck, msg, lastLines(tail.String(), tailLines))
+				_, err := os.Lstat(filepath.Join(ioDir, proto.StartedFile))
+				return nil, err == nil, fmt.Errorf("nested: %w: %s; it was stopped.\n%sLast console output:\n%s", ErrL1Stuck, msg, cpus, lastLines(tail.String(), tailLines))
 			}
 		}
 	}
@@ -282,22 +302,22 @@ wait:
 				msg += ": " + s
 			}
 		}
-		return nil, fmt.Errorf("nested: %w (%s); last console output:\n%s", ErrL1Failed, msg, lastLines(tail.String(), tailLines))
+		return nil, false, fmt.Errorf("nested: %w (%s); last console output:\n%s", ErrL1Failed, msg, lastLines(tail.String(), tailLines))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("nested: %w", err)
+		return nil, false, fmt.Errorf("nested: %w", err)
 	}
 	if res.ExitStatus, err = parseStatus(raw); err != nil {
-		return nil, fmt.Errorf("nested: %s from L1: %w", proto.StatusFile, err)
+		return nil, false, fmt.Errorf("nested: %s from L1: %w", proto.StatusFile, err)
 	}
 	if qemuErr != nil {
 		o.Log.Warn("nested: QEMU failed after L1 reported its status", "err", qemuErr)
 	}
 	res.ResultJSON, err = readLimited(filepath.Join(ioDir, proto.ResultFile))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("nested: %w", err)
+		return nil, false, fmt.Errorf("nested: %w", err)
 	}
-	return res, nil
+	return res, true, nil
 }
 
 // tempPrefix names Run's temporary directories, followed by the owning
@@ -475,7 +495,7 @@ func buildInitrd(o Options, path string) error {
 // the "max" CPU model (it offers SVM and NPT), no default devices, the
 // serial console on stdio, the host root (read-only) and the IO directory
 // over virtio-9p, then the extra shares.
-func qemuArgs(o Options, initrd, ioDir, heartbeat string, debug bool) []string {
+func qemuArgs(o Options, initrd, ioDir, heartbeat, qmp string, debug bool) []string {
 	cmdline := "console=ttyS0 quiet loglevel=0 panic=-1"
 	if debug {
 		cmdline = "console=ttyS0 loglevel=7 panic=-1"
@@ -495,12 +515,16 @@ func qemuArgs(o Options, initrd, ioDir, heartbeat string, debug bool) []string {
 	// (L1's heartbeat; the inner guest's own timer, which KVM runs on
 	// L1's) waits for ever; a periodic one misses one tick.
 	cmdline += " lapic=notscdeadline highres=off nohz=off"
+	// Kernel addresses as in vmlinux, so the report of a stuck L1 can
+	// name the functions its vCPUs are in.
+	cmdline += " nokaslr"
 	a := []string{
 		"-accel", "tcg,thread=multi", "-cpu", "max",
 		"-smp", strconv.Itoa(o.CPUs), "-m", strconv.Itoa(o.MemoryMiB),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con",
 		"-chardev", "file,id=hb,path=" + heartbeat, "-device", fmt.Sprintf("isa-debugcon,iobase=%#x,chardev=hb", heartbeatPort),
+		"-qmp", "unix:" + strings.ReplaceAll(qmp, ",", ",,") + ",server=on,wait=off",
 		"-kernel", o.Kernel, "-initrd", initrd, "-append", cmdline,
 		"-virtfs", virtfs("/", rootTag, true),
 		"-virtfs", virtfs(ioDir, ioTag, false),

@@ -36,13 +36,13 @@ func testOptions(t *testing.T) Options {
 func TestQEMUArgs(t *testing.T) {
 	o := Options{Kernel: "/k/vmlinuz", CPUs: 3, MemoryMiB: 2048,
 		Mounts: []proto.NestedMount{{Tag: "m0", Path: "/srv/a,b", ReadOnly: true}, {Tag: "m1", Path: "/data"}}}
-	a := qemuArgs(o, "/t/initrd", "/t/io", "/t/hb", false)
+	a := qemuArgs(o, "/t/initrd", "/t/io", "/t/hb", "/t/q,s", false)
 	joined := strings.Join(a, " ")
 	for _, want := range []string{
 		"-accel tcg,thread=multi", "-cpu max", "-smp 3", "-m 2048", "-nodefaults", "-no-user-config",
 		"-display none", "-no-reboot", "-chardev stdio,id=con,signal=off", "-serial chardev:con",
 		"-chardev file,id=hb,path=/t/hb -device isa-debugcon,iobase=0x4f0,chardev=hb",
-		"-kernel /k/vmlinuz", "-initrd /t/initrd",
+		"-kernel /k/vmlinuz", "-initrd /t/initrd", "-qmp unix:/t/q,,s,server=on,wait=off",
 		"-virtfs local,path=/,mount_tag=hostroot,security_model=none,multidevs=remap,readonly=on",
 		"-virtfs local,path=/t/io,mount_tag=emberio,security_model=none,multidevs=remap -",
 		"-virtfs local,path=/srv/a,,b,mount_tag=m0,security_model=none,multidevs=remap,readonly=on",
@@ -53,10 +53,10 @@ func TestQEMUArgs(t *testing.T) {
 		}
 	}
 	i := slices.Index(a, "-append")
-	if i < 0 || a[i+1] != "console=ttyS0 quiet loglevel=0 panic=-1 kvm_amd.npt=0 kvm_amd.vgif=0 kvm_amd.vls=0 lapic=notscdeadline highres=off nohz=off" {
+	if i < 0 || a[i+1] != "console=ttyS0 quiet loglevel=0 panic=-1 kvm_amd.npt=0 kvm_amd.vgif=0 kvm_amd.vls=0 lapic=notscdeadline highres=off nohz=off nokaslr" {
 		t.Errorf("-append: %q", a)
 	}
-	d := qemuArgs(o, "/t/initrd", "/t/io", "/t/hb", true)
+	d := qemuArgs(o, "/t/initrd", "/t/io", "/t/hb", "/t/q,s", true)
 	if i := slices.Index(d, "-append"); strings.Contains(d[i+1], "quiet") || !strings.Contains(d[i+1], "loglevel=7") {
 		t.Errorf("debug cmdline %q", d[i+1])
 	}
@@ -228,6 +228,10 @@ garbage) echo "forty-two" > "$d/status";;
 fail) i=0; while [ $i -lt 30 ]; do echo "boot line $i"; i=$((i+1)); done; echo "Kernel panic - not syncing";;
 qemufail) echo "qemu-system-x86_64: -kernel: bad kernel" >&2; exit 1;;
 hang) sleep 60;;
+stallonce) echo boot >> "$TMPDIR/boots"
+	if [ "$(wc -l < "$TMPDIR/boots")" -eq 1 ]; then beat; sleep 60; fi
+	beat; : > "$d/started"; echo 7 > "$d/status";;
+stallstarted) echo boot >> "$TMPDIR/boots"; beat; : > "$d/started"; sleep 60;;
 esac
 `
 
@@ -346,6 +350,49 @@ func TestRunStuck(t *testing.T) {
 	o.Stall, o.BootLimit = 2*time.Second, 2*time.Second
 	if res, err := Run(context.Background(), o); err != nil || res.ExitStatus != 0 {
 		t.Fatalf("a slow but living L1 was not left alone: %+v, %v", res, err)
+	}
+}
+
+// TestRunRetriesBootLockup: an L1 that locks up before the command starts
+// is booted again, once; one that locks up later, or one that may have
+// taken input, is not.
+func TestRunRetriesBootLockup(t *testing.T) {
+	boots := func(t *testing.T) int {
+		b, _ := os.ReadFile(filepath.Join(os.Getenv("TMPDIR"), "boots"))
+		return strings.Count(string(b), "\n")
+	}
+	t.Run("before", func(t *testing.T) {
+		o := fakeOptions(t, "stallonce")
+		o.Stall = time.Second
+		res, err := Run(context.Background(), o)
+		if err != nil || res.ExitStatus != 7 {
+			t.Fatalf("Run = %+v, %v; want the second L1's status 7", res, err)
+		}
+		if n := boots(t); n != 2 {
+			t.Errorf("%d boots, want 2", n)
+		}
+		noTempLeft(t)
+	})
+	for _, tc := range []struct {
+		name, mode string
+		stdin      bool
+	}{
+		{"after start", "stallstarted", false},
+		{"with input", "stallonce", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := fakeOptions(t, tc.mode)
+			o.Stall = time.Second
+			if tc.stdin {
+				o.Stdio = &Stdio{Stdin: strings.NewReader("input"), Stdout: io.Discard, Stderr: io.Discard}
+			}
+			if _, err := Run(context.Background(), o); !errors.Is(err, ErrL1Stuck) {
+				t.Fatalf("err = %v, want ErrL1Stuck", err)
+			}
+			if n := boots(t); n != 1 {
+				t.Errorf("%d boots, want 1", n)
+			}
+		})
 	}
 }
 
