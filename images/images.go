@@ -47,7 +47,6 @@ func DefaultDir() string {
 //	kernels/<flavour>.version           the ABI version last resolved for a flavour
 //	kernels/<version>/vmlinuz           bzImage
 //	kernels/<version>/config            the kernel's .config
-//	kernels/<version>/System.map        its symbols, when the package has them
 //	kernels/<version>/vmlinux           ELF vmlinux (Vmlinux, on first use)
 //	kernels/<version>/lib/modules/<version>/{modules.dep,modules.order,…,kernel/…}
 //	                                    only the modules ember's images use
@@ -400,9 +399,6 @@ func extractKernel(deb, version, stage string) (*manifest, error) {
 			dst = "vmlinuz"
 		case name == "boot/config-"+version:
 			dst = "config"
-		case name == "boot/System.map-"+version:
-			// Names the functions a stuck L1's vCPUs are in.
-			dst = "System.map"
 		case strings.HasPrefix(name, modRoot+"kernel/") && strings.Contains(path.Base(name), ".ko"):
 		case strings.HasPrefix(name, modRoot+"modules.") && !strings.Contains(strings.TrimPrefix(name, modRoot), "/"):
 			dst = name

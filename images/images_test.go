@@ -379,7 +379,7 @@ func TestExtractKernelAndCacheEntry(t *testing.T) {
 	deb := syntheticDeb(t, v, map[string]string{
 		"./boot/vmlinuz-" + v:                   "bzimage",
 		"./boot/config-" + v:                    "CONFIG_PVH=y\n",
-		"./boot/System.map-" + v:                "ffffffff81000000 T _stext\n",
+		"./boot/System.map-" + v:                "not extracted",
 		"./lib/modules/" + v + "/modules.order": "",
 		"./usr/share/doc/x/changelog":           "not extracted",
 	})
@@ -407,10 +407,7 @@ func TestExtractKernelAndCacheEntry(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	if got, _ := os.ReadFile(filepath.Join(dir, "System.map")); string(got) != "ffffffff81000000 T _stext\n" {
-		t.Errorf("System.map = %q", got)
-	}
-	if _, err := os.Stat(filepath.Join(dir, "usr")); err == nil {
+	if _, err := os.Stat(filepath.Join(dir, "System.map")); err == nil {
 		t.Error("extracted more than needed")
 	}
 	// A damaged file makes the entry unusable, so Kernel fetches again:

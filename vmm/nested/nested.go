@@ -273,7 +273,7 @@ wait:
 			return nil, false, ctx.Err()
 		case now := <-tick.C:
 			if msg := live.check(now); msg != "" {
-				cpus := vcpuState(qmp, filepath.Dir(o.Kernel))
+				cpus := vcpuState(qmp)
 				kill()
 				_, err := os.Lstat(filepath.Join(ioDir, proto.StartedFile))
 				return nil, err == nil, fmt.Errorf("nested: %w: %s; it was stopped.\n%sLast console output:\n%s", ErrL1Stuck, msg, cpus, lastLines(tail.String(), tailLines))
@@ -515,8 +515,8 @@ func qemuArgs(o Options, initrd, ioDir, heartbeat, qmp string, debug bool) []str
 	// (L1's heartbeat; the inner guest's own timer, which KVM runs on
 	// L1's) waits for ever; a periodic one misses one tick.
 	cmdline += " lapic=notscdeadline highres=off nohz=off"
-	// Kernel addresses as in vmlinux, so the report of a stuck L1 can
-	// name the functions its vCPUs are in.
+	// Kernel addresses the same in every boot, so those in the report of
+	// a stuck L1 can be looked up in another L1's /proc/kallsyms.
 	cmdline += " nokaslr"
 	a := []string{
 		"-accel", "tcg,thread=multi", "-cpu", "max",

@@ -1,7 +1,6 @@
 package nested
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -20,51 +19,13 @@ RIP=00007f0012345678 RFL=00000202 [-------] CPL=3 II=0 A20=1 SMM=0 HLT=0
 `
 
 func TestSummarizeRegisters(t *testing.T) {
-	got := summarizeRegisters(registerDump, nil)
+	got := summarizeRegisters(registerDump)
 	want := "vCPU 0: RIP 0xffffffff81a3c4ee, CPL 0, halted\nvCPU 1: RIP 0x7f0012345678, CPL 3, running\n"
 	if got != want {
 		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}
-	if s := summarizeRegisters("garbage", nil); s != "" {
+	if s := summarizeRegisters("garbage"); s != "" {
 		t.Errorf("garbage gave %q", s)
-	}
-}
-
-func TestSymbolLookup(t *testing.T) {
-	s := &symbols{addr: []uint64{0x1000, 0x1100}, name: []string{"a", "b"}, size: []uint64{0x20, 0}}
-	for a, want := range map[uint64]string{
-		0x1000: " (a+0x0)", 0x101f: " (a+0x1f)", 0x1020: "", 0x1100: " (b+0x0)", 0x1101: "", 0xfff: "",
-	} {
-		if got := s.lookup(a); got != want {
-			t.Errorf("lookup(%#x) = %q, want %q", a, got, want)
-		}
-	}
-	if (*symbols)(nil).lookup(0x1000) != "" {
-		t.Error("nil symbols named an address")
-	}
-	if loadSymbols(t.TempDir()) != nil {
-		t.Error("symbols from an empty directory")
-	}
-}
-
-func TestSystemMap(t *testing.T) {
-	dir := t.TempDir()
-	m := "ffffffff81000000 T _stext\nffffffff81000100 t helper\nffffffff81000200 D data\nnot a line\nffffffff81100000 W weak\n"
-	if err := os.WriteFile(filepath.Join(dir, "System.map"), []byte(m), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	s := loadSymbols(dir)
-	for a, want := range map[uint64]string{
-		0xffffffff81000010: " (_stext+0x10)",
-		0xffffffff81000150: " (helper+0x50)",
-		// Data symbols are not functions: helper runs on up to weak.
-		0xffffffff81000250:                      " (helper+0x150)",
-		0xffffffff81100000 + systemMapReach - 1: " (weak+0xffff)",
-		0xffffffff81100000 + systemMapReach:     "",
-	} {
-		if got := s.lookup(a); got != want {
-			t.Errorf("lookup(%#x) = %q, want %q", a, got, want)
-		}
 	}
 }
 
@@ -85,7 +46,7 @@ func TestVCPUStateQEMU(t *testing.T) {
 	var got string
 	for deadline := time.Now().Add(30 * time.Second); got == "" && time.Now().Before(deadline); {
 		time.Sleep(100 * time.Millisecond)
-		got = vcpuState(sock, "")
+		got = vcpuState(sock)
 	}
 	// The reset vector, in real mode.
 	for _, want := range []string{"vCPU 0: RIP 0xfff0, CPL 0, running", "vCPU 1: RIP"} {
@@ -93,7 +54,7 @@ func TestVCPUStateQEMU(t *testing.T) {
 			t.Errorf("state lacks %q:\n%s", want, got)
 		}
 	}
-	if s := vcpuState(filepath.Join(t.TempDir(), "none"), ""); s != "" {
+	if s := vcpuState(filepath.Join(t.TempDir(), "none")); s != "" {
 		t.Errorf("no socket gave %q", s)
 	}
 }
