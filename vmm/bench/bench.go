@@ -77,10 +77,12 @@ type Sample struct {
 	// peak, from the kernel's accounting at exit.
 	RSSMiB     float64 `json:"rss_mib,omitempty"`
 	PeakRSSMiB float64 `json:"peak_rss_mib"`
-	// OverheadMiB and PrivateMiB are a VMM's resident memory beyond the
-	// guest RAM mapping, and the private part of that, at the marker.
+	// OverheadMiB, PrivateMiB and AnonMiB are a VMM's resident memory
+	// beyond the guest RAM mapping, and its private and anonymous parts
+	// (plan.Memory), at the marker.
 	OverheadMiB float64 `json:"overhead_mib,omitempty"`
 	PrivateMiB  float64 `json:"overhead_private_mib,omitempty"`
+	AnonMiB     float64 `json:"overhead_anon_mib,omitempty"`
 	// Exits are ember's VM exits by reason, and Phases its timeline (from
 	// its --json report).
 	Exits  map[string]uint64 `json:"exits,omitempty"`
@@ -126,6 +128,7 @@ type Memory struct {
 	PeakRSS  float64 `json:"peak_rss_mib"`
 	Overhead float64 `json:"overhead_mib,omitempty"`
 	Private  float64 `json:"overhead_private_mib,omitempty"`
+	Anon     float64 `json:"overhead_anon_mib,omitempty"`
 }
 
 // contender is one way of starting the neutral root file system.
@@ -328,6 +331,7 @@ func summarize(r *Result) {
 		PeakRSS:  Summarize(pick(func(x Sample) float64 { return x.PeakRSSMiB })).Median,
 		Overhead: Summarize(pick(func(x Sample) float64 { return x.OverheadMiB })).Median,
 		Private:  Summarize(pick(func(x Sample) float64 { return x.PrivateMiB })).Median,
+		Anon:     Summarize(pick(func(x Sample) float64 { return x.AnonMiB })).Median,
 	}
 }
 
@@ -408,7 +412,7 @@ func once(ctx context.Context, c *contender, limit time.Duration) (Sample, error
 						guest = plan.GuestBySize(c.guestRAM)
 					}
 					m, _ := plan.ReadMemory(fmt.Sprintf("/proc/%d/smaps", cmd.Process.Pid), guest)
-					r.RSSMiB, r.OverheadMiB, r.PrivateMiB = m.RSS, m.Overhead, m.Private
+					r.RSSMiB, r.OverheadMiB, r.PrivateMiB, r.AnonMiB = m.RSS, m.Overhead, m.Private, m.Anon
 					close(seen)
 				})
 			}

@@ -70,17 +70,17 @@ func (r *Report) Table(w io.Writer) {
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "CONTENDER\tWHERE\tINIT\tFIRST OUTPUT ms\tp90\tmin\tmax\tEXIT ms\tp90\tRSS MiB\tVMM OVERHEAD MiB\tPRIVATE MiB\t")
+	fmt.Fprintln(tw, "CONTENDER\tWHERE\tINIT\tFIRST OUTPUT ms\tp90\tmin\tmax\tEXIT ms\tp90\tRSS MiB\tVMM OVERHEAD MiB\tPRIVATE MiB\tANON MiB\t")
 	for _, x := range r.Results {
 		if !x.Available {
 			continue
 		}
-		over, priv := "-", "-"
+		over, priv, anon := "-", "-", "-"
 		if x.Kind == "vm" {
-			over, priv = fmt.Sprintf("%.1f", x.Memory.Overhead), fmt.Sprintf("%.1f", x.Memory.Private)
+			over, priv, anon = fmt.Sprintf("%.1f", x.Memory.Overhead), fmt.Sprintf("%.1f", x.Memory.Private), fmt.Sprintf("%.1f", x.Memory.Anon)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.1f\t%s\t%s\t\n", x.Name, x.Where, x.Init,
-			x.Ready.Median, x.Ready.P90, x.Ready.Min, x.Ready.Max, x.Exit.Median, x.Exit.P90, x.Memory.RSS, over, priv)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%.1f\t%s\t%s\t%s\t\n", x.Name, x.Where, x.Init,
+			x.Ready.Median, x.Ready.P90, x.Ready.Min, x.Ready.Max, x.Exit.Median, x.Exit.P90, x.Memory.RSS, over, priv, anon)
 	}
 	tw.Flush()
 	for _, x := range r.Results {

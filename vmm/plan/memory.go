@@ -9,10 +9,12 @@ import (
 )
 
 // Memory is a process's resident memory in MiB, and for a VMM the part
-// beyond guest RAM (all, and private), which is how Firecracker counts
-// VMM overhead.
+// beyond guest RAM, which is how Firecracker counts VMM overhead: all of
+// it, the private part (smaps counts a page private while no other
+// process maps it, the executable's too) and the anonymous part (heap,
+// stacks, written data: what no other VMM could ever share).
 type Memory struct {
-	RSS, Overhead, Private float64
+	RSS, Overhead, Private, Anon float64
 }
 
 // GuestFunc says whether the mapping [lo, hi) is guest RAM; anon is
@@ -34,16 +36,16 @@ func ReadMemory(path string, guest GuestFunc) (Memory, error) {
 	}
 	t := parseSmaps(b, guest)
 	mib := func(k uint64) float64 { return float64(k) / 1024 }
-	return Memory{RSS: mib(t.rss), Overhead: mib(t.rss - t.guestRSS), Private: mib(t.private - t.guestPrivate)}, nil
+	return Memory{RSS: mib(t.rss), Overhead: mib(t.rss - t.guestRSS), Private: mib(t.private - t.guestPrivate), Anon: mib(t.anon - t.guestAnon)}, nil
 }
 
 // smapsTotals are sums over a process's mappings, in KiB.
 type smapsTotals struct {
-	rss, private           uint64
-	guestRSS, guestPrivate uint64
+	rss, private, anon                uint64
+	guestRSS, guestPrivate, guestAnon uint64
 }
 
-// parseSmaps sums Rss and Private_* over all mappings, and separately over
+// parseSmaps sums Rss, Private_* and Anonymous over all mappings, and separately over
 // those guest says are guest RAM.
 func parseSmaps(b []byte, guest GuestFunc) smapsTotals {
 	var t smapsTotals
@@ -62,6 +64,11 @@ func parseSmaps(b []byte, guest GuestFunc) smapsTotals {
 			t.private += v
 			if isGuest {
 				t.guestPrivate += v
+			}
+		case "Anonymous:":
+			t.anon += v
+			if isGuest {
+				t.guestAnon += v
 			}
 		}
 	})

@@ -8,19 +8,23 @@ func TestParseSmaps(t *testing.T) {
 Rss:                4000 kB
 Private_Clean:       100 kB
 Private_Dirty:         0 kB
+Anonymous:             0 kB
 7f0000000000-7f0020000000 rw-p 00000000 00:00 0 
 Rss:               30000 kB
 Private_Clean:         0 kB
 Private_Dirty:     30000 kB
+Anonymous:         30000 kB
 7f0020000000-7f0020100000 rw-p 00000000 00:00 0 
 Rss:                 800 kB
 Private_Dirty:       800 kB
+Anonymous:           800 kB
 7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
 Rss:                  12 kB
 Private_Dirty:        12 kB
+Anonymous:            12 kB
 `
 	got := parseSmaps([]byte(smaps), GuestBySize(ram))
-	want := smapsTotals{rss: 34812, private: 30912, guestRSS: 30000, guestPrivate: 30000}
+	want := smapsTotals{rss: 34812, private: 30912, anon: 30812, guestRSS: 30000, guestPrivate: 30000, guestAnon: 30000}
 	if got != want {
 		t.Fatalf("parseSmaps = %+v, want %+v", got, want)
 	}

@@ -99,11 +99,13 @@ type Report struct {
 	Unclaimed      uint64                       `json:"unclaimed_accesses,omitempty"`
 	ConsoleDropped uint64                       `json:"console_dropped_bytes,omitempty"`
 	L1BootMS       float64                      `json:"l1_boot_ms,omitempty"`
-	// OverheadMiB and PrivateMiB are the resident memory of the process
-	// that held the VM beyond guest RAM, and its private part, at the
-	// guest's end (Firecracker's VMM overhead).
+	// OverheadMiB, PrivateMiB and AnonMiB are the resident memory of the
+	// process that held the VM beyond guest RAM (Firecracker's VMM
+	// overhead), its private and its anonymous part, at the guest's end
+	// (see Memory).
 	OverheadMiB float64 `json:"vmm_overhead_mib,omitempty"`
 	PrivateMiB  float64 `json:"vmm_private_mib,omitempty"`
+	AnonMiB     float64 `json:"vmm_anon_mib,omitempty"`
 	// Phases are the run's timeline, from the process start to the VM
 	// torn down, with the VM exits taken in each.
 	Phases []Phase `json:"phases,omitempty"`
@@ -274,7 +276,7 @@ func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byt
 	// Sampled after the guest's end and before teardown, so it holds
 	// all the run made resident.
 	if mem, err := ReadMemory("/proc/self/smaps", m.IsGuestRAM); err == nil {
-		rep.OverheadMiB, rep.PrivateMiB = round1(mem.Overhead), round1(mem.Private)
+		rep.OverheadMiB, rep.PrivateMiB, rep.AnonMiB = round1(mem.Overhead), round1(mem.Private), round1(mem.Anon)
 	}
 	// Tearing down is the last phase.
 	_ = m.Close()
