@@ -26,11 +26,18 @@ const (
 )
 
 // cpuidFor returns the CPUID table for vCPU id out of n: KVM's supported
-// leaves with the APIC ID, topology and hypervisor bit filled in.
-func cpuidFor(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
+// leaves with the APIC ID, topology and hypervisor bit filled in, and
+// XSAVE hidden if noXSAVE.
+func cpuidFor(supported []kvm.CPUIDEntry, id, n int, noXSAVE bool) []kvm.CPUIDEntry {
 	out := make([]kvm.CPUIDEntry, 0, len(supported)+2)
 	hasHV := false
 	for _, e := range supported {
+		if noXSAVE {
+			if e.Function == 0xd {
+				continue
+			}
+			hideXSAVE(&e)
+		}
 		switch e.Function {
 		case 1:
 			// EBX[31:24] initial APIC ID, EBX[23:16] logical processors.
@@ -54,8 +61,43 @@ func cpuidFor(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
 	return out
 }
 
-func setupVCPU(c *kvm.VCPU, supported []kvm.CPUIDEntry, n int, e *boot.Entry) error {
-	if err := c.SetCPUID(cpuidFor(supported, c.ID, n)); err != nil {
+// hideXSAVE clears, in one CPUID entry, XSAVE and every feature whose
+// state only XSAVE manages: AVX and its successors, FMA, F16C, AMX, PKU.
+// The guest then keeps its FPU and SSE state with FXSAVE and never sets
+// XCR0.
+//
+// Why: QEMU's software emulator does not intercept XSETBV in a guest of
+// the SVM guest it emulates, so under --accel nested the L1 KVM never
+// learns the XCR0 the inner guest sets. It reports the XSAVE area size
+// for the reset XCR0 (every stock kernel then warns, and panics with
+// --panic-on-warn) and loads that XCR0 (x87 only) on each entry: AVX
+// faults and the guest's XSAVE stops saving SSE registers across context
+// switches.
+func hideXSAVE(e *kvm.CPUIDEntry) {
+	switch {
+	case e.Function == 1:
+		// FMA, XSAVE, OSXSAVE, AVX, F16C.
+		e.ECX &^= 1<<12 | 1<<26 | 1<<27 | 1<<28 | 1<<29
+	case e.Function == 7 && e.Index == 0:
+		// AVX2, AVX-512 F/DQ/IFMA/PF/ER/CD/BW/VL.
+		e.EBX &^= 1<<5 | 1<<16 | 1<<17 | 1<<21 | 1<<26 | 1<<27 | 1<<28 | 1<<30 | 1<<31
+		// AVX-512 VBMI, PKU, OSPKE, VBMI2, VAES, VPCLMULQDQ, VNNI,
+		// BITALG, VPOPCNTDQ.
+		e.ECX &^= 1<<1 | 1<<3 | 1<<4 | 1<<6 | 1<<9 | 1<<10 | 1<<11 | 1<<12 | 1<<14
+		// AVX-512 4VNNIW, 4FMAPS, VP2INTERSECT, AMX-BF16, AVX-512 FP16,
+		// AMX-TILE, AMX-INT8.
+		e.EDX &^= 1<<2 | 1<<3 | 1<<8 | 1<<22 | 1<<23 | 1<<24 | 1<<25
+	case e.Function == 7 && e.Index == 1:
+		// AVX-VNNI, AVX-512 BF16.
+		e.EAX &^= 1<<4 | 1<<5
+	case e.Function == 0x80000001:
+		// XOP, FMA4.
+		e.ECX &^= 1<<11 | 1<<16
+	}
+}
+
+func setupVCPU(c *kvm.VCPU, supported []kvm.CPUIDEntry, n int, e *boot.Entry, noXSAVE bool) error {
+	if err := c.SetCPUID(cpuidFor(supported, c.ID, n, noXSAVE)); err != nil {
 		return err
 	}
 	if err := c.SetMSRs([]kvm.MSR{

@@ -44,7 +44,10 @@ type Config struct {
 	Memory  uint64 // bytes
 	// HugePages backs guest RAM with transparent huge pages.
 	HugePages bool
-	KVMPath   string // default /dev/kvm
+	// NoXSAVE hides XSAVE and what depends on it (AVX and up, PKU) from
+	// the guest (see hideXSAVE).
+	NoXSAVE bool
+	KVMPath string // default /dev/kvm
 
 	// Console receives the guest's serial output; nil discards it. A
 	// pollable *os.File lets Run bound the time it waits for a stalled
@@ -306,7 +309,7 @@ func New(cfg Config) (_ *Machine, err error) {
 			return nil, err
 		}
 		m.vcpus = append(m.vcpus, c)
-		if err := setupVCPU(c, cpuid, cfg.CPUs, m.entry); err != nil {
+		if err := setupVCPU(c, cpuid, cfg.CPUs, m.entry, cfg.NoXSAVE); err != nil {
 			return nil, fmt.Errorf("vcpu %d: %w", i, err)
 		}
 	}

@@ -18,7 +18,7 @@ import (
 
 func TestCPUIDFor(t *testing.T) {
 	in := []kvm.CPUIDEntry{{Function: 1, EBX: 0xff00_1234}, {Function: 0xb}}
-	out := cpuidFor(in, 3, 4)
+	out := cpuidFor(in, 3, 4, false)
 	var leaf1, leafB, hv bool
 	for _, e := range out {
 		switch e.Function {
@@ -38,6 +38,37 @@ func TestCPUIDFor(t *testing.T) {
 	}
 	if !leaf1 || !leafB || !hv {
 		t.Fatalf("leaf1 %v leafB %v hypervisor signature %v", leaf1, leafB, hv)
+	}
+}
+
+func TestCPUIDForNoXSAVE(t *testing.T) {
+	const sse2, sse41, xsave, osxsave, avx = 1 << 26, 1 << 19, 1 << 26, 1 << 27, 1 << 28
+	in := []kvm.CPUIDEntry{
+		{Function: 1, ECX: sse41 | xsave | osxsave | avx, EDX: sse2},
+		{Function: 7, Index: 0, EBX: 1<<5 | 1<<0, ECX: 1 << 3}, // AVX2, FSGSBASE; PKU
+		{Function: 0xd, Index: 0, EAX: 7, EBX: 832},
+		{Function: 0xd, Index: 2, EAX: 256, EBX: 576},
+	}
+	// As it was: nothing hidden.
+	if out := cpuidFor(in, 0, 1, false); out[0].ECX&avx == 0 || len(out) != len(in)+1 {
+		t.Fatalf("without noXSAVE the table changed: %+v", out)
+	}
+	for _, e := range cpuidFor(in, 0, 1, true) {
+		switch e.Function {
+		case 1:
+			if e.ECX&(xsave|osxsave|avx) != 0 || e.ECX&sse41 == 0 || e.EDX&sse2 == 0 {
+				t.Errorf("leaf 1 ECX %#x EDX %#x: XSAVE/AVX not hidden, or SSE lost", e.ECX, e.EDX)
+			}
+		case 7:
+			if e.EBX != 1 || e.ECX != 0 {
+				t.Errorf("leaf 7 EBX %#x ECX %#x: want only FSGSBASE left", e.EBX, e.ECX)
+			}
+		case 0xd:
+			t.Errorf("leaf 0xd index %d still offered", e.Index)
+		}
+	}
+	if in[0].ECX&avx == 0 {
+		t.Error("the supported table itself was changed")
 	}
 }
 

@@ -96,6 +96,9 @@ func nestedRun(r *proto.Run) int {
 		logf("nested: working directory: %v", err)
 		return proto.StatusInitFailed
 	}
+	// Every ember in L1 hides XSAVE from its guests; r.Env may say
+	// otherwise.
+	os.Setenv(proto.GuestXSAVEEnv, "off")
 	applyEnv(r.Env)
 	if os.Getenv("XDG_CACHE_HOME") == "" {
 		// L1's root is the host's, read-only: whatever wants a cache

@@ -144,4 +144,8 @@ const (
 	// host's root. L1 mounts a tmpfs over the (read-only, shared) host /run
 	// first, so the host needs no such directory.
 	IOMount = "/run/ember-io"
+	// GuestXSAVEEnv set to "off" in ember's environment hides XSAVE from
+	// its guests. The nested L1's init sets it: the emulator under L1 does
+	// not tell L1's KVM when a guest sets XCR0 (vmm.Config.NoXSAVE).
+	GuestXSAVEEnv = "EMBER_GUEST_XSAVE"
 )

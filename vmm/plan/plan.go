@@ -229,7 +229,8 @@ func (p *Plan) Check() (*boot.Kernel, []byte, error) {
 
 func (p *Plan) vmmConfig(k *boot.Kernel, extra []byte) vmm.Config {
 	return vmm.Config{Kernel: k, Initrd: p.Initrd, Extra: extra, Cmdline: p.Cmdline, CPUs: p.CPUs, Memory: p.Memory, HugePages: p.HugePages,
-		Drives: p.Drives, RNG: p.RNG, Vsock: p.Vsock, Nets: p.Nets, Shares: p.Shares, Shares9P: p.Shares9P}
+		NoXSAVE: os.Getenv(proto.GuestXSAVEEnv) == "off",
+		Drives:  p.Drives, RNG: p.RNG, Vsock: p.Vsock, Nets: p.Nets, Shares: p.Shares, Shares9P: p.Shares9P}
 }
 
 func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byte, in *ConsoleInput) (*Report, error) {
