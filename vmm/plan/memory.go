@@ -45,31 +45,28 @@ type smapsTotals struct {
 	guestRSS, guestPrivate, guestAnon uint64
 }
 
-// parseSmaps sums Rss, Private_* and Anonymous over all mappings, and separately over
-// those guest says are guest RAM.
+// parseSmaps sums Rss, Private_* and Anonymous over all mappings, and
+// separately over those guest says are guest RAM.
 func parseSmaps(b []byte, guest GuestFunc) smapsTotals {
 	var t smapsTotals
 	isGuest := false
+	add := func(all, inGuest *uint64, v uint64) {
+		*all += v
+		if isGuest {
+			*inGuest += v
+		}
+	}
 	scanSmaps(b, func(m smapsMapping) {
 		anon := m.path == "" || strings.HasPrefix(m.path, "[anon")
 		isGuest = m.ok && guest != nil && guest(m.lo, m.hi, anon)
 	}, func(key string, v uint64) {
 		switch key {
 		case "Rss:":
-			t.rss += v
-			if isGuest {
-				t.guestRSS += v
-			}
+			add(&t.rss, &t.guestRSS, v)
 		case "Private_Clean:", "Private_Dirty:":
-			t.private += v
-			if isGuest {
-				t.guestPrivate += v
-			}
+			add(&t.private, &t.guestPrivate, v)
 		case "Anonymous:":
-			t.anon += v
-			if isGuest {
-				t.guestAnon += v
-			}
+			add(&t.anon, &t.guestAnon, v)
 		}
 	})
 	return t
