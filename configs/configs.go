@@ -69,10 +69,12 @@ type Machine struct {
 	CPUs   int    `toml:"cpus"`
 	Memory Size   `toml:"memory"`
 	Accel  string `toml:"accel"`
-	// HugePages backs guest RAM with transparent huge pages: fewer
+	// HugePages: true backs guest RAM with transparent huge pages (fewer
 	// nested-paging misses, but a guest touching one byte of a 2 MiB
-	// region costs the host all of it. Off: 4 KiB pages, touched lazily.
-	HugePages bool `toml:"huge_pages"`
+	// region costs the host all of it); false keeps it on 4 KiB pages,
+	// touched lazily; unset follows the host's THP policy, as any other
+	// program's memory would.
+	HugePages *bool `toml:"huge_pages"`
 }
 
 // Run is what happens in the guest.

@@ -15,6 +15,10 @@ func TestDefaultDecodes(t *testing.T) {
 	if err := d.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	// Unset, so guest RAM follows the host's THP policy.
+	if d.Machine.HugePages != nil {
+		t.Errorf("default huge_pages = %v, want unset", *d.Machine.HugePages)
+	}
 }
 
 func TestExamplesLoad(t *testing.T) {

@@ -42,8 +42,9 @@ type Config struct {
 	Cmdline string
 	CPUs    int
 	Memory  uint64 // bytes
-	// HugePages backs guest RAM with transparent huge pages.
-	HugePages bool
+	// HugePages backs guest RAM with transparent huge pages (true), with
+	// 4 KiB pages (false), or as the host's THP policy says (nil).
+	HugePages *bool
 	// NoXSAVE hides XSAVE and what depends on it (AVX and up, PKU) from
 	// the guest (see hideXSAVE).
 	NoXSAVE bool

@@ -200,7 +200,7 @@ func TestMachineStalledConsole(t *testing.T) {
 // The VMM's own memory is told from its guest's by the mappings' host
 // addresses.
 func TestIsGuestRAM(t *testing.T) {
-	mem, err := memory.New([][2]uint64{{0, 1 << 20}, {4 << 20, 1 << 20}}, false)
+	mem, err := memory.New([][2]uint64{{0, 1 << 20}, {4 << 20, 1 << 20}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

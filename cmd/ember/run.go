@@ -72,7 +72,7 @@ file, no accelerator); 127 the guest init could not start the command;
 	fl.StringVar(&f.initrd, "initrd", "", `initramfs path, "default" (ember's u-root image for a debian: kernel) or "none"`)
 	fl.StringVar(&f.cmdline, "cmdline", "", "kernel command line, appended to what ember needs")
 	fl.IntVar(&f.cpus, "cpus", 0, "number of vCPUs")
-	fl.BoolVar(&f.hugePages, "huge-pages", false, "back guest RAM with transparent huge pages (faster paging, more host memory)")
+	fl.BoolVar(&f.hugePages, "huge-pages", false, "back guest RAM with transparent huge pages (faster paging, more host memory); =false for 4 KiB pages; unset follows the host's THP policy")
 	fl.StringVar(&f.memory, "memory", "", "guest RAM, e.g. 512M or 2G")
 	fl.StringVar(&f.accel, "accel", "", "accelerator: auto, kvm or nested")
 	fl.DurationVar(&f.timeout, "timeout", 0, "stop the guest after this long (e.g. 30s); exit status 124")
@@ -250,7 +250,7 @@ func applyFlags(cmd *cobra.Command, cfg *configs.VM, f *runFlags) error {
 		cfg.Machine.CPUs = f.cpus
 	}
 	if fl.Changed("huge-pages") {
-		cfg.Machine.HugePages = f.hugePages
+		cfg.Machine.HugePages = &f.hugePages
 	}
 	if fl.Changed("memory") {
 		s, err := configs.ParseSize(f.memory)

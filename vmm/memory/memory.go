@@ -6,6 +6,7 @@ package memory
 import (
 	"errors"
 	"fmt"
+	"math"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -57,30 +58,32 @@ func checkLayout(layout [][2]uint64) (uint64, error) {
 }
 
 // New maps anonymous memory for each region of layout ((guest address,
-// size) pairs, as the platform lays RAM out), with transparent huge
-// pages if huge.
-func New(layout [][2]uint64, huge bool) (*Memory, error) {
+// size) pairs, as the platform lays RAM out): with transparent huge pages
+// if *huge, with 4 KiB pages if !*huge, as the host's THP policy says if
+// huge is nil.
+func New(layout [][2]uint64, huge *bool) (*Memory, error) {
 	size, err := checkLayout(layout)
 	if err != nil {
 		return nil, err
 	}
 	m := &Memory{size: size, mapped: true}
 	for _, l := range layout {
-		data, err := unix.Mmap(-1, 0, int(l[1]), unix.PROT_READ|unix.PROT_WRITE,
-			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+		data, err := mapAligned(l[1])
 		if err != nil {
 			m.Close()
 			return nil, fmt.Errorf("map %d MiB of guest RAM: %w", l[1]>>20, err)
 		}
-		// Huge pages cut EPT/NPT misses, but one touched byte costs the
-		// host 2 MiB; without them a guest costs only the 4 KiB pages it
-		// touches, also where the host's THP setting is "always".
+		// Huge pages cut EPT/NPT misses (sequential I/O and networking
+		// touch fresh guest pages fast), but one touched byte costs the
+		// host 2 MiB; 4 KiB pages cost only what the guest touches.
 		// Advisory only.
-		advice := unix.MADV_NOHUGEPAGE
-		if huge {
-			advice = unix.MADV_HUGEPAGE
+		if huge != nil {
+			advice := unix.MADV_NOHUGEPAGE
+			if *huge {
+				advice = unix.MADV_HUGEPAGE
+			}
+			_ = unix.Madvise(data, advice)
 		}
-		_ = unix.Madvise(data, advice)
 		m.regions = append(m.regions, Region{GPA: l[0], Data: data})
 	}
 	return m, nil
@@ -111,7 +114,7 @@ func (m *Memory) Close() error {
 	var first error
 	if m.mapped {
 		for _, r := range m.regions {
-			if err := unix.Munmap(r.Data); err != nil && first == nil {
+			if err := unix.MunmapPtr(unsafe.Pointer(unsafe.SliceData(r.Data)), uintptr(len(r.Data))); err != nil && first == nil {
 				first = err
 			}
 		}
@@ -158,4 +161,36 @@ func (m *Memory) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	return copy(s, p), nil
+}
+
+// hugeAlign is the x86-64 huge page size.
+const hugeAlign = 2 << 20
+
+// mapAligned maps size bytes of anonymous memory starting on a 2 MiB
+// boundary. KVM maps guest memory with huge pages only where the host
+// address and the guest-physical address agree modulo 2 MiB (the platform
+// places RAM on such boundaries), so a misaligned mapping would lose
+// them whatever the THP setting; 6.1 kernels do not align large
+// anonymous mappings themselves. Untouched memory costs nothing either way.
+func mapAligned(size uint64) ([]byte, error) {
+	const prot = unix.PROT_READ | unix.PROT_WRITE
+	const flags = unix.MAP_PRIVATE | unix.MAP_ANONYMOUS | unix.MAP_NORESERVE
+	if size > math.MaxInt-hugeAlign {
+		return nil, fmt.Errorf("%d bytes: too large", size)
+	}
+	whole := uintptr(size) + hugeAlign
+	p, err := unix.MmapPtr(-1, 0, nil, whole, prot, flags)
+	if err != nil {
+		return nil, err
+	}
+	start := uintptr(p)
+	aligned := (start + hugeAlign - 1) &^ (hugeAlign - 1)
+	// Give back the slack before and after; failures only leave it mapped.
+	if head := aligned - start; head > 0 {
+		_ = unix.MunmapPtr(p, head)
+	}
+	if tail := start + whole - (aligned + uintptr(size)); tail > 0 {
+		_ = unix.MunmapPtr(unsafe.Add(p, aligned-start+uintptr(size)), tail)
+	}
+	return unsafe.Slice((*byte)(unsafe.Add(p, aligned-start)), size), nil
 }

@@ -78,11 +78,11 @@ func TestBounds(t *testing.T) {
 
 func TestNewRejectsBadSizes(t *testing.T) {
 	for _, s := range []uint64{0, 4095} {
-		if _, err := New([][2]uint64{{0, s}}, false); err == nil {
+		if _, err := New([][2]uint64{{0, s}}, nil); err == nil {
 			t.Errorf("New(%d) succeeded", s)
 		}
 	}
-	m, err := New([][2]uint64{{0, 2 << 20}}, false)
+	m, err := New([][2]uint64{{0, 2 << 20}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,11 +107,17 @@ func FuzzSlice(f *testing.F) {
 	})
 }
 
-// Guest RAM is advised as the config says: no huge pages by default (a
-// guest costs the pages it touches), huge pages when asked.
+// Guest RAM is advised as the config says: huge pages when asked (hg),
+// 4 KiB pages when asked (nh), neither when unset, so the host's THP
+// policy applies as to any other memory.
 func TestHugePageAdvice(t *testing.T) {
-	for huge, flag := range map[bool]string{false: "nh", true: "hg"} {
-		m, err := New([][2]uint64{{0, 4 << 20}}, huge)
+	on, off := true, false
+	for _, c := range []struct {
+		name string
+		huge *bool
+		want string // the VmFlags advice, "" for none
+	}{{"on", &on, "hg"}, {"off", &off, "nh"}, {"unset", nil, ""}} {
+		m, err := New([][2]uint64{{0, 4 << 20}}, c.huge)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -131,9 +137,32 @@ func TestHugePageAdvice(t *testing.T) {
 			t.Fatal("no VmFlags")
 		}
 		flags := strings.Fields(strings.SplitN(rest[j:], "\n", 2)[0])
-		if !slices.Contains(flags, flag) {
-			t.Errorf("huge=%v: VmFlags %v lack %q", huge, flags, flag)
+		for _, f := range []string{"hg", "nh"} {
+			if slices.Contains(flags, f) != (f == c.want) {
+				t.Errorf("huge %s: VmFlags %v, want advice %q", c.name, flags, c.want)
+			}
 		}
 		m.Close()
+	}
+}
+
+// Guest RAM starts on a 2 MiB boundary (KVM's condition for huge-page
+// mappings), whole and usable, and closing unmaps it.
+func TestNewAligns(t *testing.T) {
+	for _, size := range []uint64{4096, 3 << 20, 64 << 20} {
+		m, err := New([][2]uint64{{0, size}, {HighStart, size}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range m.Regions() {
+			if r.HostAddr()%(2<<20) != 0 || r.Size() != size {
+				t.Errorf("size %d: region at %#x, %d bytes", size, r.HostAddr(), r.Size())
+			}
+			// Every byte is usable.
+			r.Data[0], r.Data[len(r.Data)-1] = 1, 2
+		}
+		if err := m.Close(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

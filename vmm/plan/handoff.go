@@ -79,14 +79,6 @@ func Handoff(exe string, p *Plan, s Session, logLevel string) error {
 			args = append(args, fl.name)
 		}
 	}
-	if !p.HugePages {
-		// Hosts with transparent huge pages "always" (Debian's default)
-		// back the Go heap with 2 MiB pages: megabytes resident for a
-		// heap of hundreds of KiB. The setting survives the exec, so it
-		// holds from ember-vmm's first page; guest RAM asked to use huge
-		// pages needs it off.
-		_ = unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0)
-	}
 	// The taps the front end opened pass to ember-vmm by number.
 	for _, n := range p.Nets {
 		if _, err := unix.FcntlInt(uintptr(n.FD), unix.F_SETFD, 0); err != nil {
@@ -108,12 +100,29 @@ func Handoff(exe string, p *Plan, s Session, logLevel string) error {
 // device goroutines run at once; more slots would only add partly
 // filled heap spans (a few hundred KiB each).
 func vmmEnv(env []string, cpus int) []string {
+	out := make([]string, 0, len(env)+2)
+	procs, godebug := false, false
 	for _, e := range env {
-		if strings.HasPrefix(e, "GOMAXPROCS=") {
-			return env
+		switch {
+		case strings.HasPrefix(e, "GOMAXPROCS="):
+			procs = true
+		case strings.HasPrefix(e, "GODEBUG="):
+			// Hosts with transparent huge pages "always" (Debian's
+			// default) would back the Go heap with 2 MiB pages:
+			// megabytes resident for a heap of hundreds of KiB. Unlike
+			// PR_SET_THP_DISABLE this leaves guest RAM to its own
+			// setting. A user's own disablethp comes later and wins.
+			e, godebug = "GODEBUG=disablethp=1,"+strings.TrimPrefix(e, "GODEBUG="), true
 		}
+		out = append(out, e)
 	}
-	return append(env[:len(env):len(env)], "GOMAXPROCS="+strconv.Itoa(max(1, cpus)+1))
+	if !procs {
+		out = append(out, "GOMAXPROCS="+strconv.Itoa(max(1, cpus)+1))
+	}
+	if !godebug {
+		out = append(out, "GODEBUG=disablethp=1")
+	}
+	return out
 }
 
 // Main is ember-vmm: it runs the plan that ember handed off and returns

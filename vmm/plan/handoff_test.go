@@ -103,3 +103,26 @@ func TestVMMEnv(t *testing.T) {
 		t.Fatalf("vmmEnv wrote %q into its argument's spare capacity", spare)
 	}
 }
+
+// ember-vmm's Go heap stays on 4 KiB pages (disablethp), whatever else
+// the user's GODEBUG says; a setting of the user's own comes later and wins.
+func TestVMMEnvGODEBUG(t *testing.T) {
+	for _, c := range []struct {
+		env  []string
+		want string
+	}{
+		{[]string{"PATH=/bin"}, "GODEBUG=disablethp=1"},
+		{[]string{"GODEBUG=gctrace=1", "PATH=/bin"}, "GODEBUG=disablethp=1,gctrace=1"},
+		{[]string{"GODEBUG=disablethp=0"}, "GODEBUG=disablethp=1,disablethp=0"},
+	} {
+		var got []string
+		for _, e := range vmmEnv(c.env, 1) {
+			if strings.HasPrefix(e, "GODEBUG=") {
+				got = append(got, e)
+			}
+		}
+		if len(got) != 1 || got[0] != c.want {
+			t.Errorf("vmmEnv(%v) GODEBUG = %v, want %s", c.env, got, c.want)
+		}
+	}
+}

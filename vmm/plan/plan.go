@@ -120,7 +120,7 @@ type Plan struct {
 	Cmdline     string    `json:"cmdline,omitempty"`
 	CPUs        int       `json:"cpus"`
 	Memory      uint64    `json:"memory"`
-	HugePages   bool      `json:"huge_pages,omitempty"`
+	HugePages   *bool     `json:"huge_pages,omitempty"`
 	Run         proto.Run `json:"run"`
 	Interactive bool      `json:"interactive,omitempty"`
 	// OwnInit says the initrd's init is the user's, not ember's: nothing
