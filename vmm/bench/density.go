@@ -59,9 +59,13 @@ func (in *instance) lastLines() string {
 func densityContenders(o Options) []*contender {
 	var cs []*contender
 	if o.VMs {
-		cs = append(cs, &contender{name: "ember", kind: "vm", args: []string{o.Self, "run", "--accel", "kvm",
+		args := []string{o.Self, "run", "--accel", "kvm",
 			"--cache-dir", o.CacheDir, "--kernel", o.Kernel, "--initrd", o.Neutral.Initrd, "--cpus", "1",
-			"--memory", strconv.Itoa(DensityMemoryMiB) + "M", "--cmdline", strings.TrimSpace(o.UserCmdline + " rdinit=/idle")}})
+			"--memory", strconv.Itoa(DensityMemoryMiB) + "M", "--cmdline", strings.TrimSpace(o.UserCmdline + " rdinit=/idle")}
+		// Guest RAM as the host's THP policy says (the default), and on
+		// 4 KiB pages, which cost an idle guest only what it touched.
+		cs = append(cs, &contender{name: "ember", kind: "vm", args: args},
+			&contender{name: "ember (4 KiB pages)", kind: "vm", args: append(args[:len(args):len(args)], "--huge-pages=false")})
 	}
 	return append(cs, contenders(Options{Containers: o.Containers, Docker: o.Docker, Neutral: o.Neutral})...)
 }
