@@ -259,10 +259,11 @@ func (p *Platform) Boot() boot.Platform {
 // additions: the console on COM1 (ttyS0); reboot through the i8042, whose
 // reset ends the VM; an immediate reboot on panic, so a panicking guest
 // ends promptly; no PCI probing (there is no PCI bus: probing only costs
-// exits); and no i8042 probing beyond the controller (no keyboard or
-// mouse behind it).
+// exits); no i8042 probing beyond the controller (no keyboard or
+// mouse behind it); and one 8250 port, COM1, the only one there is (the
+// default four cost a probe and a tty device each for COM2-4).
 func (p *Platform) Cmdline() string {
-	return "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+	return "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1"
 }
 
 // VirtioCmdline declares the virtio-mmio devices on the command line

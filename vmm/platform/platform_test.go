@@ -103,6 +103,10 @@ func TestBoot(t *testing.T) {
 	if !strings.Contains(p.Cmdline(), "console=ttyS0") {
 		t.Fatalf("cmdline %q has no console on COM1", p.Cmdline())
 	}
+	// One serial port emulated, one registered by the guest.
+	if !strings.Contains(p.Cmdline(), "8250.nr_uarts=1") {
+		t.Fatalf("cmdline %q lets the guest probe COM2-4", p.Cmdline())
+	}
 }
 
 // TestDSDTDisassembles compiles nothing: it hands the DSDT with two virtio
