@@ -36,7 +36,7 @@ const (
 func minimalTools() [][2]string {
 	return [][2]string{
 		{"make", "make"}, {"gcc", "gcc"}, {"ld", "binutils"}, {"bc", "bc"}, {"flex", "flex"},
-		{"bison", "bison"}, {"xz", "xz-utils"}, {"perl", "perl"},
+		{"bison", "bison"}, {"xz", "xz-utils"}, {"perl", "perl"}, {"lz4", "lz4"},
 	}
 }
 
