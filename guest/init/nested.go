@@ -58,6 +58,13 @@ func nestedMain(r *proto.Run) int {
 	if err := holdKVMKeys(); err != nil {
 		logf("nested: %v", err)
 	}
+	// Guest RAM follows the host's THP policy unless asked otherwise. In
+	// L1, huge-page guest RAM (large shadow-page mappings under the
+	// emulator) coincided with L1 crashes and lockups; "madvise" keeps
+	// ember's guests on 4 KiB pages here unless --huge-pages asks.
+	if err := os.WriteFile("/sys/kernel/mm/transparent_hugepage/enabled", []byte("madvise"), 0); err != nil {
+		logf("nested: %v", err)
+	}
 	if err := mountAll(nestedMounts(r.Nested)); err != nil {
 		// Without the root or IO share nothing can run or report; the host
 		// sees no status file and shows this console output.
