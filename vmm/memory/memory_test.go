@@ -155,7 +155,7 @@ func TestNewAligns(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, r := range m.Regions() {
-			if r.HostAddr()%(2<<20) != 0 || r.Size() != size {
+			if r.HostAddr()%hugeAlign != 0 || r.Size() != size {
 				t.Errorf("size %d: region at %#x, %d bytes", size, r.HostAddr(), r.Size())
 			}
 			// Every byte is usable.

@@ -98,7 +98,8 @@ func Handoff(exe string, p *Plan, s Session, logLevel string) error {
 // timer ticks on a host without high-resolution timers): with a slot per
 // vCPU only, every device wake-up waited for that. The spare slot lets
 // device goroutines run at once; more slots would only add partly
-// filled heap spans (a few hundred KiB each).
+// filled heap spans (a few hundred KiB each). GODEBUG gains
+// disablethp=1 in front of the user's settings (see below).
 func vmmEnv(env []string, cpus int) []string {
 	out := make([]string, 0, len(env)+2)
 	procs, godebug := false, false
