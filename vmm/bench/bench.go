@@ -155,9 +155,12 @@ func contenders(o Options) []*contender {
 	ram := uint64(o.MemoryMiB) << 20
 	mem := strconv.Itoa(o.MemoryMiB)
 	if o.VMs {
+		// ember asks for huge pages as QEMU always does (it advises all
+		// its guest RAM MADV_HUGEPAGE), so both boot on the same backing
+		// whatever the host's THP policy.
 		ember := func(initrd string, cmd ...string) []string {
 			a := []string{o.Self, "run", "--accel", "kvm", "--cache-dir", o.CacheDir, "--kernel", o.Kernel,
-				"--initrd", initrd, "--cpus", "1", "--memory", mem + "M", "--json", "--cmdline", o.UserCmdline}
+				"--initrd", initrd, "--cpus", "1", "--memory", mem + "M", "--huge-pages", "--json", "--cmdline", o.UserCmdline}
 			if len(cmd) > 0 {
 				a = append(append(a, "--"), cmd...)
 			}

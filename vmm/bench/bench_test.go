@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -211,5 +212,25 @@ func svgText(t *testing.T, r io.Reader) (string, int) {
 		case xml.CharData:
 			texts = append(texts, string(v))
 		}
+	}
+}
+
+// QEMU advises all its guest RAM for huge pages; ember's rows must ask for
+// them too, or the two boot on different backings under a "madvise" host.
+func TestEmberAsksForHugePages(t *testing.T) {
+	n := &images.Neutral{Initrd: "/x", Bundle: "/b", Tar: "/t", Key: "k"}
+	cs := contenders(Options{Runs: 1, VMs: true, Neutral: n, EmberInitrd: "/e", Self: "/ember", Kernel: "/k", MemoryMiB: 128})
+	seen := 0
+	for _, c := range cs {
+		if !c.ember {
+			continue
+		}
+		seen++
+		if !slices.Contains(c.args, "--huge-pages") {
+			t.Errorf("%s: %q lacks --huge-pages", c.name, c.args)
+		}
+	}
+	if seen != 2 {
+		t.Errorf("%d ember rows, want 2", seen)
 	}
 }
