@@ -15,7 +15,7 @@ import (
 // port and pokes unmapped MMIO. ember must neither crash nor hang, and the
 // guest must still be able to report its exit status.
 func TestVMHostileGuest(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	initrd := hostileInitrd(t)
 	// Virtio devices sit in the MMIO window the program pokes: their
 	// transports take the garbage too.
@@ -51,7 +51,7 @@ func TestVMHostileGuest(t *testing.T) {
 // poweroff) ends as powered off instead of running until the timeout; the
 // command reported no status, so the exit status says it did not finish.
 func TestVMHaltedForGood(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	for _, cpus := range []string{"1", "2"} {
 		t.Run("cpus="+cpus, func(t *testing.T) {
 			r := ember(t, bootLimit, vmArgs("--initrd", hostileInitrd(t), "--cpus", cpus, "--timeout", "120s", "--json", "--", "/bin/hostile", "halt")...)

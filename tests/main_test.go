@@ -252,6 +252,16 @@ func needVM(t *testing.T) {
 	}
 }
 
+// besideVM is needVM for a test whose VM may run beside another test's:
+// under the emulator a guest mostly keeps one vCPU busy, so two at a time
+// use the cores a runner has. The tests that stream the most through
+// their devices (shares, stdio, net) run alone, as before.
+func besideVM(t *testing.T) {
+	t.Helper()
+	needVM(t)
+	t.Parallel()
+}
+
 func copyExecutable(dst string) error {
 	src, err := os.Executable()
 	if err != nil {

@@ -15,7 +15,7 @@ import (
 // in the caller's directory (writable, on the host), with the caller's
 // environment, the guest's own /proc and a read-only rest.
 func TestVMRootfsHost(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	dir := t.TempDir()
 	must(t, os.WriteFile(filepath.Join(dir, "from-host"), []byte("host data\n"), 0o644))
 	ctx, cancel := context.WithTimeout(context.Background(), bootLimit)
@@ -79,7 +79,7 @@ func TestNestedGoTestExec(t *testing.T) {
 // writable tmpfs; a file named on the command line stays visible under
 // it, and nothing written there reaches the host.
 func TestVMRootfsHostTmpfs(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	// A host directory with content that is not under the guest's own
 	// tmpfs (/tmp, /run, /var/tmp): the home of this run.
 	home := "/usr/share/doc"

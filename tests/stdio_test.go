@@ -76,7 +76,7 @@ func stdioChecks(t *testing.T, limit time.Duration, mib int, args ...string) {
 // the serial console, which ember then passes on as stdout, after saying
 // so on stderr.
 func TestVMKernelTree(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	tree := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(tree, "arch/x86/boot"), 0o755); err != nil {
 		t.Fatal(err)

@@ -46,7 +46,7 @@ func diskImage(t *testing.T, size int64, ext4 bool) string {
 // written and read back in the guest and the file is in the host image;
 // a read-only drive refuses writes and stays byte for byte the same.
 func TestVMDrives(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	for _, flavour := range deviceKernels() {
 		t.Run(flavour, func(t *testing.T) {
 			disk := diskImage(t, 64<<20, true)
@@ -85,7 +85,7 @@ if dd if=/dev/zero of=/dev/vdb bs=512 count=1 2>/dev/null; then echo RO-WRITE-SU
 // TestVMEntropy: on both kernels with two CPUs, the guest's hwrng is
 // virtio-rng and gives bytes.
 func TestVMEntropy(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	for _, flavour := range deviceKernels() {
 		t.Run(flavour, func(t *testing.T) {
 			entropy(t, bootLimit, vmArgs("--kernel", kernelArg(flavour), "--cpus", "2")...)
@@ -111,7 +111,7 @@ func entropy(t *testing.T, limit time.Duration, args ...string) {
 // after ember is killed with SIGKILL; while it runs, a second ember is
 // refused the same image.
 func TestVMDriveDataSafety(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	disk := diskImage(t, 32<<20, true)
 	ctx, cancel := context.WithTimeout(context.Background(), bootLimit)
 	defer cancel()
@@ -175,7 +175,7 @@ func TestVMDriveDataSafety(t *testing.T) {
 // back from the guest to a host listener on <socket>_5000; both copies
 // arrive whole.
 func TestVMVsock(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	for _, flavour := range deviceKernels() {
 		t.Run(flavour, func(t *testing.T) {
 			vsockRoundTrip(t, bootLimit, 1<<20, vmArgs("--kernel", kernelArg(flavour), "--cpus", "2")...)
@@ -363,7 +363,7 @@ func netRoundTrip(t *testing.T, limit time.Duration, mib int, args ...string) {
 // TestVMDriveIO: direct I/O from the guest, sequential and random, reads
 // and writes, completes (the same program the device benchmark times).
 func TestVMDriveIO(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	disk := diskImage(t, 64<<20, false)
 	initrd := initrdWith(t, map[string]string{"ioperf": env.ioperf}, nil)
 	r := ember(t, bootLimit, vmArgs("--initrd", initrd, "--timeout", "90s", "--json", "--drive", "path="+disk, "--", "ioperf", "/dev/vda", "8", "256")...)

@@ -18,7 +18,7 @@ import (
 const bootLimit = 3 * time.Minute
 
 func TestVMDefaultBoot(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	r := ember(t, bootLimit, vmArgs("--json")...)
 	wantCode(t, r, 0)
 	cloud := image(t, "cloud-amd64")
@@ -51,7 +51,7 @@ func TestVMDefaultBoot(t *testing.T) {
 // kernel used to warn about its XSAVE area size at boot (and so panic);
 // there ember hides XSAVE from the guest, and the guest must not see it.
 func TestVMPanicOnWarn(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	hidden := os.Getenv(proto.GuestXSAVEEnv) == "off"
 	for _, flavour := range deviceKernels() {
 		t.Run(flavour, func(t *testing.T) {
@@ -74,7 +74,7 @@ func TestVMPanicOnWarn(t *testing.T) {
 }
 
 func TestVMExitStatus(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	for _, code := range []int{0, 1, 42, 255} {
 		t.Run(strconv.Itoa(code), func(t *testing.T) {
 			r := ember(t, bootLimit, vmArgs("--", "sh", "-c", fmt.Sprintf("echo out-%d; exit %d", code, code))...)
@@ -85,7 +85,7 @@ func TestVMExitStatus(t *testing.T) {
 }
 
 func TestVMGenericKernelSMPAndMemory(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	r := ember(t, bootLimit, vmArgs("--kernel", "debian:amd64", "--cpus", "2", "--memory", "4G", "--", "ember-info")...)
 	wantCode(t, r, 0)
 	wantOut(t, r, "kernel: "+image(t, "amd64").Version)
@@ -100,7 +100,7 @@ func TestVMGenericKernelSMPAndMemory(t *testing.T) {
 }
 
 func TestVMCloudKernelSMP(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	// The cloud flavour has no MP-table parser: its CPUs come from the ACPI
 	// MADT, and its console IRQ from the DSDT.
 	r := ember(t, bootLimit, vmArgs("--cpus", "2", "--", "ember-info")...)
@@ -109,7 +109,7 @@ func TestVMCloudKernelSMP(t *testing.T) {
 }
 
 func TestVMPVH(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	for _, fl := range []string{"cloud-amd64", "amd64"} {
 		t.Run(fl, func(t *testing.T) {
 			img := image(t, fl)
@@ -121,14 +121,14 @@ func TestVMPVH(t *testing.T) {
 }
 
 func TestVMPowerOff(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	r := ember(t, bootLimit, vmArgs("--", "sh", "-c", "echo bye; poweroff")...)
 	wantCode(t, r, 0)
 	wantOut(t, r, "bye")
 }
 
 func TestVMPanic(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	r := ember(t, bootLimit, vmArgs("--json", "--", "sh", "-c", "echo c > /proc/sysrq-trigger")...)
 	wantCode(t, r, 123)
 	rep := report(t, r)
@@ -141,7 +141,7 @@ func TestVMPanic(t *testing.T) {
 }
 
 func TestVMTimeout(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	r := ember(t, bootLimit, vmArgs("--timeout", "20s", "--", "sleep", "600")...)
 	wantCode(t, r, 124)
 	if !regexp.MustCompile(`timeout`).MatchString(r.stderr) {
@@ -155,7 +155,7 @@ func TestVMTimeout(t *testing.T) {
 // while running, a stalled console) where KVM works. On the host they skip
 // for want of VMX/SVM; here every one of them must run and pass.
 func TestVMPackageTests(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	for _, c := range []struct {
 		bin   string
 		tests []string
@@ -181,7 +181,7 @@ func TestVMPackageTests(t *testing.T) {
 // terminal has the host terminal's size, follows its resizes, and quits
 // on Ctrl-A x.
 func TestVMInteractiveShell(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	interactiveSession(t, bootLimit, vmArgs()...)
 }
 
@@ -191,7 +191,7 @@ func TestVMInteractiveShell(t *testing.T) {
 // emulated VM exit, too slow to overflow the console buffer here; the
 // vmm tests count dropped bytes with a small buffer.)
 func TestVMStalledStdout(t *testing.T) {
-	needVM(t)
+	besideVM(t)
 	result := filepath.Join(t.TempDir(), "result.json")
 	cmd := exec.Command(env.ember, vmArgs("--timeout", "25s", "--result-file", result, "--", "sh", "-c",
 		"while true; do echo 0123456789012345678901234567890123456789012345678901234567890123456789; done")...)
