@@ -148,6 +148,7 @@ type Machine struct {
 	result     Result
 	endCh      chan struct{}
 	runDone    chan struct{}
+	booted     chan struct{} // closed at MarkCommand
 	onEnd      []func()
 	tids       []atomic.Int32
 	exitCounts []exitCounts
@@ -242,7 +243,7 @@ func New(cfg Config) (_ *Machine, err error) {
 		return nil, err
 	}
 	m := &Machine{cfg: cfg, log: cfg.Log, start: time.Now(), plat: plat,
-		endCh: make(chan struct{}), runDone: make(chan struct{}),
+		endCh: make(chan struct{}), runDone: make(chan struct{}), booted: make(chan struct{}),
 		probeCh: make(chan vcpuState, cfg.CPUs), haltCh: make(chan struct{}, 1)}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
@@ -331,7 +332,15 @@ func (m *Machine) mark(name string) {
 		}
 	}
 	m.result.Marks = append(m.result.Marks, Mark{Name: name, At: now, Exits: exits})
+	if name == MarkCommand {
+		close(m.booted)
+	}
 }
+
+// Booted is closed when the guest's command starts, as ember's init
+// reports it: the guest's boot is over. A guest without ember's init
+// never closes it.
+func (m *Machine) Booted() <-chan struct{} { return m.booted }
 
 // openInitrd returns the initrd file followed by extra (4-byte aligned)
 // as one reader of size bytes.

@@ -224,3 +224,22 @@ func TestIsGuestRAM(t *testing.T) {
 		t.Error("a machine without memory has guest RAM")
 	}
 }
+
+// TestBootedAtCommand: Booted closes when the guest's command starts, not
+// at init, and a repeated report does not close it twice.
+func TestBootedAtCommand(t *testing.T) {
+	m := &Machine{booted: make(chan struct{})}
+	m.mark(MarkInit)
+	select {
+	case <-m.Booted():
+		t.Fatal("booted at init")
+	default:
+	}
+	m.mark(MarkCommand)
+	m.mark(MarkCommand)
+	select {
+	case <-m.Booted():
+	default:
+		t.Fatal("not booted after the command started")
+	}
+}

@@ -260,8 +260,10 @@ func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byt
 		return nil, err
 	}
 	defer m.Close()
-	trimStartup()
+	exe := trimStartup()
+	stopTrim := afterBoot(m.Booted(), func() { trim(exe) })
 	res, err := m.Run(ctx)
+	stopTrim()
 	if res == nil {
 		return nil, err
 	}

@@ -16,16 +16,25 @@ import (
 // without I/O. Writable mappings are never touched, and a read-only one
 // with private (modified) pages is left alone, since dropping those would
 // lose them.
-func trimStartup() {
+// It returns the ranges it dropped, for trim to drop again later without
+// reading smaps (read-only mappings of the executable do not change).
+func trimStartup() [][2]uintptr {
 	exe, err := os.Readlink("/proc/self/exe")
 	if err != nil {
-		return
+		return nil
 	}
 	b, err := os.ReadFile("/proc/self/smaps")
 	if err != nil {
-		return
+		return nil
 	}
-	for _, r := range trimmable(b, exe) {
+	ranges := trimmable(b, exe)
+	trim(ranges)
+	return ranges
+}
+
+// trim drops this process's view of the ranges, which trimStartup found.
+func trim(ranges [][2]uintptr) {
+	for _, r := range ranges {
 		_, _, _ = unix.Syscall(unix.SYS_MADVISE, r[0], r[1]-r[0], unix.MADV_DONTNEED)
 	}
 }
@@ -46,4 +55,23 @@ func trimmable(smaps []byte, exe string) [][2]uintptr {
 		}
 	})
 	return out
+}
+
+// afterBoot runs trim once booted is closed: what only a booting guest
+// makes the VMM run (CPUID and MSR exits, drivers setting up devices, the
+// probes of a starting kernel, ember's init reporting) is not run again,
+// so a VM that goes on running, a service or an idle VM among many, does
+// not keep it resident. stop ends the wait, or waits for a trim under
+// way.
+func afterBoot(booted <-chan struct{}, trim func()) (stop func()) {
+	done, finished := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(finished)
+		select {
+		case <-booted:
+			trim()
+		case <-done:
+		}
+	}()
+	return func() { close(done); <-finished }
 }

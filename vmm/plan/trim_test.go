@@ -2,7 +2,9 @@ package plan
 
 import (
 	"reflect"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestTrimmable(t *testing.T) {
@@ -27,5 +29,31 @@ Private_Dirty:         0 kB
 	want := [][2]uintptr{{0x400000, 0x5da000}, {0x5da000, 0x829000}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("trimmable = %x, want %x (text and read-only data only: not writable, not modified, not another file)", got, want)
+	}
+}
+
+// TestAfterBoot: the trim runs once the boot is over, not before, and
+// never when the VM ends first; stop returns either way.
+func TestAfterBoot(t *testing.T) {
+	var n atomic.Int32
+	booted := make(chan struct{})
+	stop := afterBoot(booted, func() { n.Add(1) })
+	time.Sleep(20 * time.Millisecond)
+	if n.Load() != 0 {
+		t.Fatal("trimmed before the boot was over")
+	}
+	close(booted)
+	deadline := time.Now().Add(5 * time.Second)
+	for n.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	stop()
+	if n.Load() != 1 {
+		t.Fatalf("%d trims after the boot, want 1", n.Load())
+	}
+	stop = afterBoot(make(chan struct{}), func() { n.Add(1) })
+	stop()
+	if n.Load() != 1 {
+		t.Fatal("trimmed for a guest that never booted")
 	}
 }
