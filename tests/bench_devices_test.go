@@ -207,7 +207,7 @@ func BenchmarkVMDevices(b *testing.B) {
 		measure("ember", ember())
 		measure("ember-huge", ember("--huge-pages"))
 		measure("qemu", func(ctx context.Context) *exec.Cmd {
-			return exec.CommandContext(ctx, qemu, "-M", "microvm", "-accel", "kvm",
+			return exec.CommandContext(ctx, qemu, "-M", "microvm,rtc=on", "-accel", "kvm",
 				"-cpu", "host", "-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 				"-serial", "stdio", "-kernel", img.Kernel, "-initrd", qemuInitrd,
 				"-append", platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline,

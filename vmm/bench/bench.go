@@ -175,8 +175,12 @@ func contenders(o Options) []*contender {
 		for _, m := range []struct{ name, machine string }{
 			// microvm with its defaults: qboot, the small firmware a
 			// -kernel boot needs, and the DMA option ROM that loads the
-			// kernel fast.
-			{"qemu-microvm", "microvm"},
+			// kernel fast. Its RTC is on by default only without KVM;
+			// without one, a stock kernel's rtc_cmos spends seconds
+			// under the emulator probing ports nothing answers. ember
+			// and q35 have an RTC, so microvm gets one too: the same
+			// devices for every VM.
+			{"qemu-microvm", "microvm,rtc=on"},
 			// q35 boots through SeaBIOS, as a q35 user gets it.
 			{"qemu-q35", "q35"},
 		} {
