@@ -130,16 +130,15 @@ func run(m *testing.M) int {
 	// suite runs in L1. Both at once: each keeps about one core busy (an
 	// emulated guest mostly runs one vCPU at a time), so together they use
 	// the two a runner has. Benchmarks keep the host to themselves.
-	if benchmarking() {
-		code := m.Run()
-		if c := runInside(); c != 0 {
-			code = c
-		}
-		return code
-	}
 	inside := make(chan int, 1)
-	go func() { inside <- runInside() }()
-	code := m.Run()
+	var code int
+	if benchmarking() {
+		code = m.Run()
+		inside <- runInside()
+	} else {
+		go func() { inside <- runInside() }()
+		code = m.Run()
+	}
 	if c := <-inside; c != 0 {
 		code = c
 	}
@@ -191,12 +190,14 @@ func runInside() int {
 	// go longer without a heartbeat before it counts as lost (a stall of
 	// a second on real hardware is about a minute under the emulator).
 	timeout, stall := "25m", time.Duration(0)
+	if benchmarking() {
+		timeout, stall = "90m", 10*time.Minute
+	}
 	for _, a := range os.Args[1:] {
 		switch {
 		case strings.HasPrefix(a, "-test.run="):
 			runFilter = strings.TrimPrefix(a, "-test.run=")
 		case strings.HasPrefix(a, "-test.bench"):
-			timeout, stall = "90m", 10*time.Minute
 			args = append(args, a)
 		case strings.HasPrefix(a, "-test.count"):
 			args = append(args, a)
