@@ -20,6 +20,7 @@ import (
 
 	"github.com/ember-vmm/ember/configs"
 	"github.com/ember-vmm/ember/guest/proto"
+	"github.com/ember-vmm/ember/vmm/bench"
 	"github.com/ember-vmm/ember/vmm/platform"
 )
 
@@ -207,7 +208,7 @@ func BenchmarkVMDevices(b *testing.B) {
 		measure("ember", ember())
 		measure("ember-huge", ember("--huge-pages"))
 		measure("qemu", func(ctx context.Context) *exec.Cmd {
-			return exec.CommandContext(ctx, qemu, "-M", "microvm,rtc=on", "-accel", "kvm",
+			return exec.CommandContext(ctx, qemu, "-M", bench.Microvm, "-accel", "kvm",
 				"-cpu", "host", "-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 				"-serial", "stdio", "-kernel", img.Kernel, "-initrd", qemuInitrd,
 				"-append", platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline,

@@ -149,6 +149,15 @@ type contender struct {
 	idle func(id string) (args []string, stop func())
 }
 
+// Microvm is QEMU's -M value for the microvm rows of every benchmark:
+// microvm with its defaults (qboot, the small firmware a -kernel boot
+// needs, and the DMA option ROM that loads the kernel fast) and an RTC.
+// Its RTC is on by default only without KVM; without one, a stock
+// kernel's rtc_cmos spends seconds under the emulator probing ports
+// nothing answers. ember and q35 have an RTC, so microvm gets one too:
+// the same devices for every VM.
+const Microvm = "microvm,rtc=on"
+
 // Contenders lists what Run would start here, in order.
 func contenders(o Options) []*contender {
 	var cs []*contender
@@ -173,14 +182,7 @@ func contenders(o Options) []*contender {
 		}
 		qemu, err := exec.LookPath("qemu-system-x86_64")
 		for _, m := range []struct{ name, machine string }{
-			// microvm with its defaults: qboot, the small firmware a
-			// -kernel boot needs, and the DMA option ROM that loads the
-			// kernel fast. Its RTC is on by default only without KVM;
-			// without one, a stock kernel's rtc_cmos spends seconds
-			// under the emulator probing ports nothing answers. ember
-			// and q35 have an RTC, so microvm gets one too: the same
-			// devices for every VM.
-			{"qemu-microvm", "microvm,rtc=on"},
+			{"qemu-microvm", Microvm},
 			// q35 boots through SeaBIOS, as a q35 user gets it.
 			{"qemu-q35", "q35"},
 		} {
