@@ -260,10 +260,17 @@ func (p *Platform) Boot() boot.Platform {
 // reset ends the VM; an immediate reboot on panic, so a panicking guest
 // ends promptly; no PCI probing (there is no PCI bus: probing only costs
 // exits); no i8042 probing beyond the controller (no keyboard or
-// mouse behind it); and one 8250 port, COM1, the only one there is (the
-// default four cost a probe and a tty device each for COM2-4).
+// mouse behind it); one 8250 port, COM1, the only one there is (the
+// default four cost a probe and a tty device each for COM2-4); and the
+// kernel's LOCK prefixes left as they are. An SMP kernel that finds one
+// CPU rewrites every LOCK prefix in its text, one text_poke each (about
+// 2,800 in the minimal kernel, 8,800 in Debian's), and each poke switches
+// page tables twice and faults on its temporary mapping: under shadow
+// paging (a guest of a nested KVM) that was 80-90 % of a one-vCPU boot's
+// exits. Atomics keep a prefix that costs a few cycles; with more vCPUs
+// the kernel patches nothing anyway.
 func (p *Platform) Cmdline() string {
-	return "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1"
+	return "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd 8250.nr_uarts=1 noreplace-smp"
 }
 
 // VirtioCmdline declares the virtio-mmio devices on the command line

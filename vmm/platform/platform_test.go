@@ -107,6 +107,10 @@ func TestBoot(t *testing.T) {
 	if !strings.Contains(p.Cmdline(), "8250.nr_uarts=1") {
 		t.Fatalf("cmdline %q lets the guest probe COM2-4", p.Cmdline())
 	}
+	// A one-vCPU guest does not rewrite its LOCK prefixes one by one.
+	if !strings.Contains(p.Cmdline(), "noreplace-smp") {
+		t.Fatalf("cmdline %q lets a one-vCPU guest patch every LOCK prefix", p.Cmdline())
+	}
 }
 
 // TestDSDTDisassembles compiles nothing: it hands the DSDT with two virtio
