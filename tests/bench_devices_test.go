@@ -209,7 +209,7 @@ func BenchmarkVMDevices(b *testing.B) {
 		measure("ember-huge", ember("--huge-pages"))
 		measure("qemu", func(ctx context.Context) *exec.Cmd {
 			return exec.CommandContext(ctx, qemu, "-M", bench.Microvm, "-accel", "kvm",
-				"-cpu", "host", "-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+				"-cpu", bench.QEMUCPU(), "-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 				"-serial", "stdio", "-kernel", img.Kernel, "-initrd", qemuInitrd,
 				"-append", platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline,
 				"-drive", "id=d0,file="+disk+",format=raw,if=none", "-device", "virtio-blk-device,drive=d0",

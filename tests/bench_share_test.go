@@ -66,7 +66,7 @@ func BenchmarkVMShares(b *testing.B) {
 		{"ember-virtiofs", ember("")},
 		{"ember-9p", ember(",9p")},
 		{"qemu-9p", func(ctx context.Context, dir string) *exec.Cmd {
-			return exec.CommandContext(ctx, qemu, "-M", bench.Microvm, "-accel", "kvm", "-cpu", "host", "-m", "512", "-smp", "1",
+			return exec.CommandContext(ctx, qemu, "-M", bench.Microvm, "-accel", "kvm", "-cpu", bench.QEMUCPU(), "-m", "512", "-smp", "1",
 				"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
 				"-kernel", img.Kernel, "-initrd", qemuInitrd,
 				"-append", platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline,

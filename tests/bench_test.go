@@ -89,7 +89,7 @@ func BenchmarkVMBootToInit(b *testing.B) {
 			"--", "sh", "-c", "echo "+readyMarker+"; poweroff"))
 		emberReady, emberTotal, emberRSS = emberReady+r, emberTotal+t, max(emberRSS, rss)
 		if qerr == nil {
-			r, t, rss = timeToMarker(b, exec.CommandContext(ctx, qemu, "-M", bench.Microvm, "-accel", "kvm", "-cpu", "host",
+			r, t, rss = timeToMarker(b, exec.CommandContext(ctx, qemu, "-M", bench.Microvm, "-accel", "kvm", "-cpu", bench.QEMUCPU(),
 				"-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 				"-serial", "stdio", "-kernel", img.Kernel, "-initrd", initrd, "-append", platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline))
 			qemuReady, qemuTotal, qemuRSS = qemuReady+r, qemuTotal+t, max(qemuRSS, rss)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ember-vmm/ember/guest/proto"
 	"github.com/ember-vmm/ember/images"
 )
 
@@ -253,4 +254,32 @@ func TestMicrovmHasAnRTC(t *testing.T) {
 		}
 	}
 	t.Fatal("no qemu-microvm row")
+}
+
+// TestQEMUGetsEmbersCPU: where ember hides XSAVE from its guests, the QEMU
+// rows hide it too, so no VM boots on a different CPU.
+func TestQEMUGetsEmbersCPU(t *testing.T) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("SKIP: no qemu-system-x86_64 (Debian: qemu-system-x86): the QEMU rows have no command line")
+	}
+	n := &images.Neutral{Initrd: "/x", Bundle: "/b", Tar: "/t", Key: "k"}
+	for _, tc := range []struct{ env, want string }{
+		{"", "host"},
+		{"off", "host,-xsave,-xsavec,-xsaveopt,-xsaves,-avx,-avx2,-fma,-f16c,-avx512f,-pku"},
+	} {
+		t.Setenv(proto.GuestXSAVEEnv, tc.env)
+		rows := 0
+		for _, c := range contenders(Options{Runs: 1, VMs: true, Neutral: n, Self: "/ember", Kernel: "/k", MemoryMiB: 128}) {
+			if !strings.HasPrefix(c.name, "qemu-") {
+				continue
+			}
+			rows++
+			if i := slices.Index(c.args, "-cpu"); i < 0 || c.args[i+1] != tc.want {
+				t.Errorf("%s=%q: %s's command line %q, want -cpu %s", proto.GuestXSAVEEnv, tc.env, c.name, c.args, tc.want)
+			}
+		}
+		if rows != 2 {
+			t.Fatalf("%d QEMU rows, want 2", rows)
+		}
+	}
 }
