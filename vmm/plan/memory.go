@@ -3,9 +3,8 @@ package plan
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"os"
-	"strconv"
-	"strings"
 )
 
 // Memory is a process's resident memory in MiB, and for a VMM the part
@@ -29,12 +28,20 @@ func GuestBySize(ram uint64) GuestFunc {
 }
 
 // ReadMemory reads a smaps file (/proc/PID/smaps); guest may be nil.
+// It streams the file through a small buffer and keeps no line: a VMM
+// whose executable is split into a mapping per page (splitPages) has a
+// smaps file of a megabyte or more, and reading its own must neither take
+// long nor grow the heap it measures.
 func ReadMemory(path string, guest GuestFunc) (Memory, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return Memory{}, err
 	}
-	t := parseSmaps(b, guest)
+	defer f.Close()
+	t, err := parseSmaps(f, guest)
+	if err != nil {
+		return Memory{}, err
+	}
 	mib := func(k uint64) float64 { return float64(k) / 1024 }
 	return Memory{RSS: mib(t.rss), Overhead: mib(t.rss - t.guestRSS), Private: mib(t.private - t.guestPrivate), Anon: mib(t.anon - t.guestAnon)}, nil
 }
@@ -47,7 +54,7 @@ type smapsTotals struct {
 
 // parseSmaps sums Rss, Private_* and Anonymous over all mappings, and
 // separately over those guest says are guest RAM.
-func parseSmaps(b []byte, guest GuestFunc) smapsTotals {
+func parseSmaps(r io.Reader, guest GuestFunc) (smapsTotals, error) {
 	var t smapsTotals
 	isGuest := false
 	add := func(all, inGuest *uint64, v uint64) {
@@ -56,11 +63,11 @@ func parseSmaps(b []byte, guest GuestFunc) smapsTotals {
 			*inGuest += v
 		}
 	}
-	scanSmaps(b, func(m smapsMapping) {
-		anon := m.path == "" || strings.HasPrefix(m.path, "[anon")
+	err := scanSmaps(r, func(m smapsMapping) {
+		anon := len(m.path) == 0 || bytes.HasPrefix(m.path, []byte("[anon"))
 		isGuest = m.ok && guest != nil && guest(m.lo, m.hi, anon)
-	}, func(key string, v uint64) {
-		switch key {
+	}, func(key []byte, v uint64) {
+		switch string(key) {
 		case "Rss:":
 			add(&t.rss, &t.guestRSS, v)
 		case "Private_Clean:", "Private_Dirty:":
@@ -69,47 +76,104 @@ func parseSmaps(b []byte, guest GuestFunc) smapsTotals {
 			add(&t.anon, &t.guestAnon, v)
 		}
 	})
-	return t
+	return t, err
 }
 
 // smapsMapping is a mapping's header line in a smaps file: start-end
-// perms offset dev inode [path].
+// perms offset dev inode [path]. perms and path point into the reader's
+// buffer and are only valid during the call.
 type smapsMapping struct {
 	lo, hi      uint64
-	perms, path string
+	perms, path []byte
 	ok          bool // the range parsed and is not empty
 }
 
 // scanSmaps calls header for each mapping and field for each "Key: value"
-// line under it (values in the file's units, KiB).
-func scanSmaps(b []byte, header func(smapsMapping), field func(key string, v uint64)) {
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) == 0 {
-			continue
+// line under it (values in the file's units, KiB). A line longer than its
+// buffer (a path of thousands of bytes) is cut there.
+func scanSmaps(r io.Reader, header func(smapsMapping), field func(key []byte, v uint64)) error {
+	br := bufio.NewReaderSize(r, 8<<10)
+	for {
+		line, err := br.ReadSlice('\n')
+		full := err == bufio.ErrBufferFull
+		if len(line) > 0 {
+			scanSmapsLine(line, header, field)
 		}
-		if !strings.HasSuffix(f[0], ":") {
-			var m smapsMapping
-			if len(f) > 1 {
-				m.perms = f[1]
-			}
-			if len(f) > 5 {
-				m.path = f[5]
-			}
-			if lo, hi, ok := strings.Cut(f[0], "-"); ok {
-				a, err1 := strconv.ParseUint(lo, 16, 64)
-				z, err2 := strconv.ParseUint(hi, 16, 64)
-				m.lo, m.hi, m.ok = a, z, err1 == nil && err2 == nil && z > a
-			}
-			header(m)
-			continue
+		for full { // the rest of a cut line
+			_, err = br.ReadSlice('\n')
+			full = err == bufio.ErrBufferFull
 		}
-		if len(f) < 2 {
-			continue
+		if err == io.EOF {
+			return nil
 		}
-		if v, err := strconv.ParseUint(f[1], 10, 64); err == nil {
-			field(f[0], v)
+		if err != nil {
+			return err
 		}
 	}
+}
+
+func scanSmapsLine(line []byte, header func(smapsMapping), field func(key []byte, v uint64)) {
+	first, rest := nextField(line)
+	if len(first) == 0 {
+		return
+	}
+	if first[len(first)-1] == ':' {
+		if v, _ := nextField(rest); len(v) > 0 {
+			if n, ok := parseUint(v, 10); ok {
+				field(first, n)
+			}
+		}
+		return
+	}
+	var m smapsMapping
+	m.perms, rest = nextField(rest)
+	for range 3 { // offset, device, inode
+		_, rest = nextField(rest)
+	}
+	m.path = bytes.TrimSpace(rest)
+	if lo, hi, ok := bytes.Cut(first, []byte("-")); ok {
+		a, ok1 := parseUint(lo, 16)
+		z, ok2 := parseUint(hi, 16)
+		m.lo, m.hi, m.ok = a, z, ok1 && ok2 && z > a
+	}
+	header(m)
+}
+
+// nextField returns the first space-separated field of b and what follows.
+func nextField(b []byte) (f, rest []byte) {
+	i := 0
+	for i < len(b) && isSpace(b[i]) {
+		i++
+	}
+	j := i
+	for j < len(b) && !isSpace(b[j]) {
+		j++
+	}
+	return b[i:j], b[j:]
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+
+// parseUint parses b in base 10 or 16 without allocating; false on
+// anything else or overflow.
+func parseUint(b []byte, base uint64) (uint64, bool) {
+	if len(b) == 0 || len(b) > 16 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		var d uint64
+		switch {
+		case c >= '0' && c <= '9':
+			d = uint64(c - '0')
+		case base == 16 && c >= 'a' && c <= 'f':
+			d = uint64(c-'a') + 10
+		case base == 16 && c >= 'A' && c <= 'F':
+			d = uint64(c-'A') + 10
+		default:
+			return 0, false
+		}
+		n = n*base + d
+	}
+	return n, true
 }

@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"io"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -23,11 +24,12 @@ func trimStartup() [][2]uintptr {
 	if err != nil {
 		return nil
 	}
-	b, err := os.ReadFile("/proc/self/smaps")
+	f, err := os.Open("/proc/self/smaps")
 	if err != nil {
 		return nil
 	}
-	ranges := trimmable(b, exe)
+	ranges := trimmable(f, exe)
+	f.Close()
 	trim(ranges)
 	return ranges
 }
@@ -41,16 +43,16 @@ func trim(ranges [][2]uintptr) {
 
 // trimmable returns the [start, end) ranges in smaps that map file exe,
 // are not writable and hold no private dirty pages.
-func trimmable(smaps []byte, exe string) [][2]uintptr {
+func trimmable(smaps io.Reader, exe string) [][2]uintptr {
 	var out [][2]uintptr
 	ok := false
-	scanSmaps(smaps, func(m smapsMapping) {
-		ok = m.ok && m.path == exe && len(m.perms) > 1 && m.perms[1] == '-'
+	_ = scanSmaps(smaps, func(m smapsMapping) {
+		ok = m.ok && string(m.path) == exe && len(m.perms) > 1 && m.perms[1] == '-'
 		if ok {
 			out = append(out, [2]uintptr{uintptr(m.lo), uintptr(m.hi)})
 		}
-	}, func(key string, v uint64) {
-		if ok && key == "Private_Dirty:" && v != 0 {
+	}, func(key []byte, v uint64) {
+		if ok && string(key) == "Private_Dirty:" && v != 0 {
 			out, ok = out[:len(out)-1], false
 		}
 	})

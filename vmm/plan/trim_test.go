@@ -2,6 +2,7 @@ package plan
 
 import (
 	"reflect"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -25,7 +26,7 @@ Rss:                  80 kB
 Private_Dirty:         0 kB
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
 `
-	got := trimmable([]byte(smaps), "/opt/ember/ember-vmm")
+	got := trimmable(strings.NewReader(smaps), "/opt/ember/ember-vmm")
 	want := [][2]uintptr{{0x400000, 0x5da000}, {0x5da000, 0x829000}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("trimmable = %x, want %x (text and read-only data only: not writable, not modified, not another file)", got, want)
