@@ -8,13 +8,13 @@ import (
 )
 
 // trimStartup unmaps this process's view of its own program text and
-// read-only data just before the VM runs. Setting a machine up runs code
-// a running VM never runs again (plan decoding, kernel loading, table
-// building), and the kernel's fault-around has mapped far more of the file
-// than ran: measured with a 4 KiB fault-around, a run touches about half
-// of what is resident. The pages stay in the page cache, shared with every
-// other ember-vmm; those the running VM needs come back on a minor fault,
-// without I/O. Writable mappings are never touched, and a read-only one
+// read-only data just before the VM runs, and splits them into a mapping
+// per page (splitPages). Setting a machine up runs code a running VM never
+// runs again (plan decoding, kernel loading, table building), and the
+// kernel's fault-around has mapped far more of the file than ran. The
+// pages stay in the page cache, shared with every other ember-vmm; those
+// the running VM needs come back on a minor fault, without I/O, one page
+// per fault. Writable mappings are never touched, and a read-only one
 // with private (modified) pages is left alone, since dropping those would
 // lose them.
 // It returns the ranges it dropped, for trim to drop again later without
@@ -30,8 +30,29 @@ func trimStartup() [][2]uintptr {
 	}
 	ranges := trimmable(f, exe)
 	f.Close()
+	splitPages(ranges)
 	trim(ranges)
 	return ranges
+}
+
+// splitPages makes every page of the ranges a mapping of its own, by
+// advising every other page against huge pages (which changes nothing
+// else for a read-only file mapping). The kernel maps up to 64 KiB of
+// cached file pages around each fault (fault-around), and no mapping can
+// opt out, but it never crosses a mapping's end: split, a fault maps the
+// one page touched. Measured in a nested L1, this halved what ember-vmm
+// keeps resident once booted (4.0-4.2 to 2.3-2.4 MiB), for about 1,200
+// mappings and, there, 12 ms of madvise calls. Splitting stops at the
+// first refusal (the process's mapping limit).
+func splitPages(ranges [][2]uintptr) {
+	pg := uintptr(os.Getpagesize())
+	for _, r := range ranges {
+		for a := r[0]; a+pg <= r[1]; a += 2 * pg {
+			if _, _, e := unix.Syscall(unix.SYS_MADVISE, a, pg, unix.MADV_NOHUGEPAGE); e != 0 {
+				return
+			}
+		}
+	}
 }
 
 // trim drops this process's view of the ranges, which trimStartup found.

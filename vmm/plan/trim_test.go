@@ -1,11 +1,17 @@
 package plan
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestTrimmable(t *testing.T) {
@@ -56,5 +62,48 @@ func TestAfterBoot(t *testing.T) {
 	stop()
 	if n.Load() != 1 {
 		t.Fatal("trimmed for a guest that never booted")
+	}
+}
+
+// TestSplitPages: a read-only file mapping of eight pages becomes eight
+// mappings, every byte still readable and unchanged.
+func TestSplitPages(t *testing.T) {
+	pg := os.Getpagesize()
+	data := make([]byte, 8*pg)
+	for i := range data {
+		data[i] = byte(i / pg)
+	}
+	path := filepath.Join(t.TempDir(), "text")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	m, err := unix.Mmap(int(f.Fd()), 0, len(data), unix.PROT_READ, unix.MAP_PRIVATE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	lo := uintptr(unsafe.Pointer(&m[0]))
+	mappings := func() int {
+		b, err := os.ReadFile("/proc/self/maps")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(string(b), " "+path+"\n")
+	}
+	if n := mappings(); n != 1 {
+		t.Fatalf("%d mappings of the file before the split, want 1", n)
+	}
+	splitPages([][2]uintptr{{lo, lo + uintptr(len(data))}})
+	if n := mappings(); n != 8 {
+		t.Fatalf("%d mappings of the file after the split, want one per page (8)", n)
+	}
+	trim([][2]uintptr{{lo, lo + uintptr(len(data))}})
+	if !bytes.Equal(m, data) {
+		t.Fatal("the split and trimmed mapping reads back different bytes")
 	}
 }
