@@ -483,19 +483,13 @@ func (m *Machine) stopped() bool {
 	}
 }
 
-// IsGuestRAM says whether the host mapping [lo, hi) overlaps guest RAM,
-// to tell the VMM's own memory from its guest's.
-func (m *Machine) IsGuestRAM(lo, hi uint64, _ bool) bool {
+// GuestResidentKiB is how much of the guest's RAM the host holds, in
+// KiB, to tell the VMM's own memory from its guest's.
+func (m *Machine) GuestResidentKiB() (uint64, error) {
 	if m.mem == nil {
-		return false
+		return 0, nil
 	}
-	for _, r := range m.mem.Regions() {
-		a := uint64(r.HostAddr())
-		if lo < a+r.Size() && a < hi {
-			return true
-		}
-	}
-	return false
+	return m.mem.ResidentKiB()
 }
 
 // Close releases every resource. It stops and waits for a Run in progress

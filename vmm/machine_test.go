@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/ember-vmm/ember/vmm/kvm"
-	"github.com/ember-vmm/ember/vmm/memory"
 	"golang.org/x/sys/unix"
 )
 
@@ -195,34 +194,6 @@ func TestMachineStalledConsole(t *testing.T) {
 		t.Fatal("no dropped bytes counted although nobody read the console")
 	}
 	t.Logf("%d of %d bytes dropped; run took %s", res.ConsoleDropped, 600*len(line), time.Since(start).Round(time.Millisecond))
-}
-
-// The VMM's own memory is told from its guest's by the mappings' host
-// addresses.
-func TestIsGuestRAM(t *testing.T) {
-	mem, err := memory.New([][2]uint64{{0, 1 << 20}, {4 << 20, 1 << 20}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mem.Close()
-	m := &Machine{mem: mem}
-	for _, r := range mem.Regions() {
-		a, n := uint64(r.HostAddr()), r.Size()
-		if !m.IsGuestRAM(a, a+n, true) || !m.IsGuestRAM(a+n-4096, a+n+4096, true) {
-			t.Errorf("region at %#x not found", a)
-		}
-	}
-	lo, hi := ^uint64(0), uint64(0)
-	for _, r := range mem.Regions() {
-		lo, hi = min(lo, uint64(r.HostAddr())), max(hi, uint64(r.HostAddr())+r.Size())
-	}
-	if m.IsGuestRAM(lo-8192, lo, true) || m.IsGuestRAM(hi, hi+8192, true) {
-		t.Error("a mapping beside guest RAM taken for it")
-	}
-	a := lo
-	if (&Machine{}).IsGuestRAM(a, a+4096, true) {
-		t.Error("a machine without memory has guest RAM")
-	}
 }
 
 // TestBootedAtCommand: Booted closes when the guest's command starts, not

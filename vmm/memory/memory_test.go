@@ -166,3 +166,35 @@ func TestNewAligns(t *testing.T) {
 		}
 	}
 }
+
+// TestResidentKiB counts the pages touched in every region and nothing
+// else; fake memory has none.
+func TestResidentKiB(t *testing.T) {
+	off := false
+	m, err := New([][2]uint64{{0, 40 << 20}, {64 << 20, 4 << 20}}, &off)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if got, err := m.ResidentKiB(); err != nil || got != 0 {
+		t.Fatalf("untouched RAM: %d KiB resident (%v), want 0", got, err)
+	}
+	// Both regions, and pages past the first 16 MiB step of the first.
+	for _, gpa := range []uint64{0, 20 << 20, 40<<20 - 1, 64 << 20} {
+		b, err := m.Slice(gpa, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b[0] = 1
+	}
+	if got, err := m.ResidentKiB(); err != nil || got != 16 {
+		t.Fatalf("4 pages touched: %d KiB resident (%v), want 16", got, err)
+	}
+	f, err := NewFake([][2]uint64{{0, 1 << 20}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := f.ResidentKiB(); got != 0 {
+		t.Fatalf("fake memory: %d KiB resident, want 0", got)
+	}
+}

@@ -105,3 +105,30 @@ func TestParseSmapsAllocs(t *testing.T) {
 		t.Fatalf("%v allocations for 2,000 mappings, want a fixed few", allocs)
 	}
 }
+
+// TestReadSelfMemory: the rollup with the guest's resident KiB set apart
+// gives what summing every mapping of smaps gives, and never less than
+// nothing.
+func TestReadSelfMemory(t *testing.T) {
+	all, err := ReadMemory("/proc/self/smaps", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := readSelfMemory(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := self.RSS - all.RSS; d < -1 || d > 1 || self.Overhead != self.RSS {
+		t.Fatalf("rollup %+v against smaps %+v: want the same within 1 MiB, and no guest RAM set apart", self, all)
+	}
+	g, err := readSelfMemory(4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := g.RSS - g.Overhead; d < 3.99 || d > 4.01 || g.Private > g.RSS-3.99 {
+		t.Fatalf("4 MiB of guest RAM set apart: %+v", g)
+	}
+	if huge, _ := readSelfMemory(1 << 40); huge.Overhead != 0 || huge.Private != 0 || huge.Anon != 0 {
+		t.Fatalf("more guest RAM than the process holds: %+v, want 0 beyond it", huge)
+	}
+}

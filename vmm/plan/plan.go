@@ -278,8 +278,10 @@ func runKVM(ctx context.Context, o Options, p *Plan, k *boot.Kernel, extra []byt
 	}
 	// Sampled after the guest's end and before teardown, so it holds
 	// all the run made resident.
-	if mem, err := ReadMemory("/proc/self/smaps", m.IsGuestRAM); err == nil {
-		rep.OverheadMiB, rep.PrivateMiB, rep.AnonMiB = round1(mem.Overhead), round1(mem.Private), round1(mem.Anon)
+	if g, err := m.GuestResidentKiB(); err == nil {
+		if mem, err := readSelfMemory(g); err == nil {
+			rep.OverheadMiB, rep.PrivateMiB, rep.AnonMiB = round1(mem.Overhead), round1(mem.Private), round1(mem.Anon)
+		}
 	}
 	// Tearing down is the last phase.
 	_ = m.Close()
