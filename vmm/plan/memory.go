@@ -33,12 +33,7 @@ func GuestBySize(ram uint64) GuestFunc {
 // smaps file of a megabyte or more, and reading its own must neither take
 // long nor grow the heap it measures.
 func ReadMemory(path string, guest GuestFunc) (Memory, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return Memory{}, err
-	}
-	defer f.Close()
-	t, err := parseSmaps(f, guest)
+	t, err := readTotals(path, guest)
 	if err != nil {
 		return Memory{}, err
 	}
@@ -50,17 +45,21 @@ func ReadMemory(path string, guest GuestFunc) (Memory, error) {
 // sum every mapping, so the thousand mappings of a split executable cost
 // nothing to read.
 func readSelfMemory(guestKiB uint64) (Memory, error) {
-	f, err := os.Open("/proc/self/smaps_rollup")
-	if err != nil {
-		return Memory{}, err
-	}
-	defer f.Close()
-	t, err := parseSmaps(f, nil)
+	t, err := readTotals("/proc/self/smaps_rollup", nil)
 	if err != nil {
 		return Memory{}, err
 	}
 	t.guestRSS, t.guestPrivate, t.guestAnon = guestKiB, guestKiB, guestKiB
 	return t.memory(), nil
+}
+
+func readTotals(path string, guest GuestFunc) (smapsTotals, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return smapsTotals{}, err
+	}
+	defer f.Close()
+	return parseSmaps(f, guest)
 }
 
 // smapsTotals are sums over a process's mappings, in KiB.
