@@ -10,11 +10,13 @@ TESTFLAGS ?=
 all: build
 
 # Static, without libc: nothing in ember needs cgo, and a VMM process that
-# maps no C library is smaller.
+# maps no C library is smaller. The guest init goes into every image
+# without its symbol table and DWARF (-s -w; panics still name functions):
+# 1.8 MB less for ember to copy and the guest to unpack at every boot.
 build:
 	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o bin/ember ./cmd/ember
 	CGO_ENABLED=0 $(GO) build -o bin/ember-vmm ./cmd/ember-vmm
-	CGO_ENABLED=0 $(GO) build -o bin/ember-init ./guest/init
+	CGO_ENABLED=0 $(GO) build -ldflags '-s -w' -o bin/ember-init ./guest/init
 
 # Host packages: apt-get download/dpkg for kernels, QEMU for --accel nested
 # on hosts whose /dev/kvm is missing or unusable.
