@@ -182,7 +182,9 @@ func nextField(b []byte) (f, rest []byte) {
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 
 // parseUint parses b in base 10 or 16 without allocating; false on
-// anything else or overflow.
+// anything else or overflow. By hand because strconv.ParseUint takes a
+// string, and the conversion escapes into its error: tried here, it made
+// 4,000 allocations for 2,000 mappings (TestParseSmapsAllocs).
 func parseUint(b []byte, base uint64) (uint64, bool) {
 	if len(b) == 0 || len(b) > 16 {
 		return 0, false
