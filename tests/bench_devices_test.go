@@ -208,13 +208,11 @@ func BenchmarkVMDevices(b *testing.B) {
 		measure("ember", ember())
 		measure("ember-huge", ember("--huge-pages"))
 		measure("qemu", func(ctx context.Context) *exec.Cmd {
-			return exec.CommandContext(ctx, qemu, "-M", bench.Microvm, "-accel", "kvm",
-				"-cpu", bench.QEMUCPU(), "-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-				"-serial", "stdio", "-kernel", img.Kernel, "-initrd", qemuInitrd,
-				"-append", platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline,
+			return exec.CommandContext(ctx, qemu, append(bench.QEMUArgs(bench.Microvm, 512, img.Kernel, qemuInitrd,
+				platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline),
 				"-drive", "id=d0,file="+disk+",format=raw,if=none", "-device", "virtio-blk-device,drive=d0",
 				"-netdev", "tap,id=n0,ifname=embtap-bench,script=no,downscript=no,vhost=off",
-				"-device", "virtio-net-device,netdev=n0,mac="+mac)
+				"-device", "virtio-net-device,netdev=n0,mac="+mac)...)
 		})
 	}
 	if failed > 0 {

@@ -66,12 +66,10 @@ func BenchmarkVMShares(b *testing.B) {
 		{"ember-virtiofs", ember("")},
 		{"ember-9p", ember(",9p")},
 		{"qemu-9p", func(ctx context.Context, dir string) *exec.Cmd {
-			return exec.CommandContext(ctx, qemu, "-M", bench.Microvm, "-accel", "kvm", "-cpu", bench.QEMUCPU(), "-m", "512", "-smp", "1",
-				"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
-				"-kernel", img.Kernel, "-initrd", qemuInitrd,
-				"-append", platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline,
+			return exec.CommandContext(ctx, qemu, append(bench.QEMUArgs(bench.Microvm, 512, img.Kernel, qemuInitrd,
+				platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline),
 				"-fsdev", "local,id=f0,path="+dir+",security_model=none",
-				"-device", "virtio-9p-device,fsdev=f0,mount_tag=share0")
+				"-device", "virtio-9p-device,fsdev=f0,mount_tag=share0")...)
 		}},
 	}
 	// EMBER_BENCH_SHARE_ONLY names the contenders to run (comma-separated).

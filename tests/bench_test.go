@@ -89,9 +89,8 @@ func BenchmarkVMBootToInit(b *testing.B) {
 			"--", "sh", "-c", "echo "+readyMarker+"; poweroff"))
 		emberReady, emberTotal, emberRSS = emberReady+r, emberTotal+t, max(emberRSS, rss)
 		if qerr == nil {
-			r, t, rss = timeToMarker(b, exec.CommandContext(ctx, qemu, "-M", bench.Microvm, "-accel", "kvm", "-cpu", bench.QEMUCPU(),
-				"-m", "512", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-				"-serial", "stdio", "-kernel", img.Kernel, "-initrd", initrd, "-append", platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline))
+			r, t, rss = timeToMarker(b, exec.CommandContext(ctx, qemu, bench.QEMUArgs(bench.Microvm, 512, img.Kernel, initrd,
+				platform.New().Cmdline()+" "+configs.Default().Boot.Cmdline)...))
 			qemuReady, qemuTotal, qemuRSS = qemuReady+r, qemuTotal+t, max(qemuRSS, rss)
 		}
 		cancel()

@@ -171,6 +171,17 @@ func QEMUCPU() string {
 	return "host"
 }
 
+// QEMUArgs is the command line, without the program, that every QEMU row
+// and Go benchmark starts from: machine under KVM on QEMUCPU, one vCPU and
+// memMiB of RAM, no default devices, user config, display or reboot, the
+// serial port on stdio, and the kernel, initrd and kernel command line.
+// Callers append their devices.
+func QEMUArgs(machine string, memMiB int, kernel, initrd, cmdline string) []string {
+	return []string{"-M", machine, "-accel", "kvm", "-cpu", QEMUCPU(), "-m", strconv.Itoa(memMiB), "-smp", "1",
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
+		"-kernel", kernel, "-initrd", initrd, "-append", cmdline}
+}
+
 // Contenders lists what Run would start here, in order.
 func contenders(o Options) []*contender {
 	var cs []*contender
@@ -203,9 +214,7 @@ func contenders(o Options) []*contender {
 			if err != nil {
 				c.unavailable = "qemu-system-x86_64 not found (Debian: qemu-system-x86)"
 			} else {
-				c.args = []string{qemu, "-M", m.machine, "-accel", "kvm", "-cpu", QEMUCPU(), "-m", mem, "-smp", "1",
-					"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio",
-					"-kernel", o.Kernel, "-initrd", o.Neutral.Initrd, "-append", o.Cmdline}
+				c.args = append([]string{qemu}, QEMUArgs(m.machine, o.MemoryMiB, o.Kernel, o.Neutral.Initrd, o.Cmdline)...)
 			}
 			cs = append(cs, c)
 		}
